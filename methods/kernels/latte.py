@@ -1,0 +1,181 @@
+"""Two-pass Triton kernel for LATTE (``methods/latte.py``), forward only, float32.
+
+Pass 1 (``_latte_rowmax``): for each query block, the row maximum of the 4-bit estimate
+``hh = q_hi·k_hi`` over the (causally) valid keys.
+Pass 2 (``_latte_attend``): for each key block, recompute ``hh`` (cheap), form the keep mask
+``256·hh·c >= 256·max(hh)·c - θ_h`` and, only when some key in the block is kept, compute the
+full score (int8 with reuse: ``256·hh + q_hi·(16·k_lo) + q_lo·k``, or float ``q·k·scale``) and
+update an online softmax over kept keys. Blocks with nothing kept skip the full-score and
+``P·V`` work; the fraction of skipped (valid) blocks is returned.
+
+The integer-valued operands are exact in fp16 (|values| <= 240), and their products
+accumulate exactly in fp32, so the keep decisions match the PyTorch path bit for bit.
+This is the suite's kernel (the paper publishes no code); it targets correctness first.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+
+@triton.jit
+def _latte_rowmax(
+    QH, KH, MAXHH,
+    stride_qb, stride_qn, stride_kb, stride_kn,
+    Nq, Nk, D,
+    CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_mask = (offs_m[:, None] < Nq) & (offs_d[None, :] < D)
+    qh = tl.load(QH + bh * stride_qb + offs_m[:, None] * stride_qn + offs_d[None, :], mask=q_mask, other=0.0)
+    qh = qh.to(tl.float16)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    if CAUSAL:
+        n_end = tl.minimum(Nk, (pid_m + 1) * BLOCK_M + (Nk - Nq))
+    else:
+        n_end = Nk
+    for start_n in range(0, n_end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_mask = (offs_n[:, None] < Nk) & (offs_d[None, :] < D)
+        kh = tl.load(KH + bh * stride_kb + offs_n[:, None] * stride_kn + offs_d[None, :], mask=k_mask, other=0.0)
+        hh = tl.dot(qh, tl.trans(kh.to(tl.float16)), out_dtype=tl.float32)
+        valid = offs_n[None, :] < Nk
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None] + (Nk - Nq))
+        hh = tl.where(valid, hh, float("-inf"))
+        m_i = tl.maximum(m_i, tl.max(hh, axis=1))
+    tl.store(MAXHH + bh * Nq + offs_m, m_i, mask=offs_m < Nq)
+
+
+@triton.jit
+def _latte_attend(
+    Q, K, V, QH, QL, KH, KL16, KI, C, THETA, MAXHH, OUT, KEPT, BLOCKS,
+    stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_ob, stride_on,
+    H, Nq, Nk, D, DV, n_mblocks, scale,
+    CAUSAL: tl.constexpr, INT8: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    h = bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_mask = (offs_m[:, None] < Nq) & (offs_d[None, :] < D)
+    q_off = bh * stride_qb + offs_m[:, None] * stride_qn + offs_d[None, :]
+    qh = tl.load(QH + q_off, mask=q_mask, other=0.0).to(tl.float16)
+    if INT8:
+        ql = tl.load(QL + q_off, mask=q_mask, other=0.0).to(tl.float16)
+    else:
+        qf = tl.load(Q + q_off, mask=q_mask, other=0.0)
+    c = tl.load(C + bh)
+    theta = tl.load(THETA + h)
+    mhh = tl.load(MAXHH + bh * Nq + offs_m, mask=offs_m < Nq, other=0.0)
+    est_max = (256.0 * mhh) * c
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), tl.float32)
+    kept = tl.zeros((BLOCK_M,), tl.int32)
+    n_blocks = 0
+    n_done = 0
+    if CAUSAL:
+        n_end = tl.minimum(Nk, (pid_m + 1) * BLOCK_M + (Nk - Nq))
+    else:
+        n_end = Nk
+    for start_n in range(0, n_end, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        k_mask = (offs_n[:, None] < Nk) & (offs_d[None, :] < D)
+        k_off = bh * stride_kb + offs_n[:, None] * stride_kn + offs_d[None, :]
+        kh = tl.load(KH + k_off, mask=k_mask, other=0.0).to(tl.float16)
+        hh = tl.dot(qh, tl.trans(kh), out_dtype=tl.float32)
+        valid = (offs_n[None, :] < Nk) & (offs_m[:, None] < Nq)
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None] + (Nk - Nq))
+        est = (256.0 * hh) * c
+        keep = valid & ((est - est_max[:, None]) >= -theta)
+        n_keep = tl.sum(keep.to(tl.int32))
+        n_blocks += 1
+        if n_keep > 0:
+            n_done += 1
+            kept += tl.sum(keep.to(tl.int32), axis=1)
+            if INT8:
+                kl = tl.load(KL16 + k_off, mask=k_mask, other=0.0).to(tl.float16)
+                ki = tl.load(KI + k_off, mask=k_mask, other=0.0).to(tl.float16)
+                rest = tl.dot(qh, tl.trans(kl), out_dtype=tl.float32) + tl.dot(ql, tl.trans(ki), out_dtype=tl.float32)
+                s = (256.0 * hh + rest) * c
+            else:
+                kf = tl.load(K + k_off, mask=k_mask, other=0.0)
+                s = tl.dot(qf, tl.trans(kf), input_precision="ieee") * scale
+            s = tl.where(keep, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m_i - m_safe)
+            p = tl.exp(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            v_mask = (offs_n[:, None] < Nk) & (offs_dv[None, :] < DV)
+            vv = tl.load(V + bh * stride_vb + offs_n[:, None] * stride_vn + offs_dv[None, :], mask=v_mask, other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p, vv, input_precision="ieee")
+            m_i = m_new
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    o_mask = (offs_m[:, None] < Nq) & (offs_dv[None, :] < DV)
+    tl.store(OUT + bh * stride_ob + offs_m[:, None] * stride_on + offs_dv[None, :], out, mask=o_mask)
+    tl.store(KEPT + bh * Nq + offs_m, kept, mask=offs_m < Nq)
+    tl.store(BLOCKS + (bh * n_mblocks + pid_m) * 2, n_blocks)
+    tl.store(BLOCKS + (bh * n_mblocks + pid_m) * 2 + 1, n_done)
+
+
+def _pow2(x: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(int(x)))
+
+
+def latte_attention_triton(
+    q: Tensor, k: Tensor, v: Tensor,
+    q_hi: Tensor, q_lo: Tensor, k_hi: Tensor, k_lo: Tensor, k_int: Tensor,
+    c: Tensor, theta: Tensor, *, causal: bool, score: str, scale: float,
+    block_m: int = 32, block_n: int = 32,
+) -> tuple[Tensor, Tensor, Tensor, float]:
+    """LATTE forward. Tensors (B, H, N, D) float32; c (B, H, 1, 1) = s_q·s_k·scale; theta (H,).
+
+    Returns (out, kept per row (B, H, Nq), valid keys per row (B, H, Nq), skipped-block fraction).
+    """
+    B, H, Nq, D = q.shape
+    Nk, DV = k.shape[2], v.shape[-1]
+    f32 = lambda t: t.to(torch.float32).reshape(B * H, t.shape[2], t.shape[3]).contiguous()  # noqa: E731
+    qf, kf, vf = f32(q), f32(k), f32(v)
+    qh, ql = f32(q_hi), f32(q_lo)
+    kh, kl16, ki = f32(k_hi), f32(16 * k_lo), f32(k_int)
+    cc = c.to(torch.float32).reshape(B * H).contiguous()
+    th = theta.to(device=q.device, dtype=torch.float32).contiguous()
+    n_mblocks = triton.cdiv(Nq, block_m)
+    maxhh = torch.empty(B * H, Nq, device=q.device, dtype=torch.float32)
+    out = torch.empty(B * H, Nq, DV, device=q.device, dtype=torch.float32)
+    kept = torch.empty(B * H, Nq, device=q.device, dtype=torch.int32)
+    blocks = torch.zeros(B * H * n_mblocks * 2, device=q.device, dtype=torch.int32)
+    grid = (n_mblocks, B * H)
+    BD, BDV = _pow2(D), _pow2(DV)
+    _latte_rowmax[grid](
+        qh, kh, maxhh, qh.stride(0), qh.stride(1), kh.stride(0), kh.stride(1), Nq, Nk, D,
+        CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD,
+    )
+    _latte_attend[grid](
+        qf, kf, vf, qh, ql, kh, kl16, ki, cc, th, maxhh, out, kept, blocks,
+        qf.stride(0), qf.stride(1), kf.stride(0), kf.stride(1), vf.stride(0), vf.stride(1), out.stride(0), out.stride(1),
+        H, Nq, Nk, D, DV, n_mblocks, float(scale),
+        CAUSAL=causal, INT8=(score == "int8"),
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV,
+    )
+    rows = torch.arange(Nq, device=q.device)
+    if causal:
+        valid = (rows + 1 + (Nk - Nq)).clamp(0, Nk)
+    else:
+        valid = torch.full((Nq,), Nk, device=q.device)
+    valid = valid.to(torch.int32).expand(B, H, Nq)
+    b = blocks.view(-1, 2).sum(0).tolist()
+    skipped = 1.0 - b[1] / max(b[0], 1)
+    return out.view(B, H, Nq, DV).to(q.dtype), kept.view(B, H, Nq), valid, skipped

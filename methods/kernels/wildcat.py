@@ -1,0 +1,92 @@
+"""Fused Triton kernel for WildCat's weighted attention step (GPU; runs under TRITON_INTERPRET=1).
+
+out[m] = clamp( Σ_s e^{β q_m·k_s - μ_m} Ṽ_s / Σ_s e^{β q_m·k_s - μ_m} w_s , vmin, vmax ),
+0 where the denominator is ≤ 1e-20, with μ_m the row maximum of β q_m·k_sᵀ — the PyTorch
+reference is ``methods.wildcat.weighted_attention``. One program handles BLOCK_M queries of one
+(batch·head) and streams the coreset in BLOCK_R tiles with a running maximum (flash-attention
+style), so the (M × R) score matrix is never stored. Products use IEEE fp32 (no TF32): the weights
+w can be signed and the quotient is sensitive to rounding in the denominator.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+DENOM_EPS = 1e-20
+
+
+@triton.jit
+def _wildcat_wattn_kernel(
+    Q, K, V, W, VMIN, VMAX, O,
+    M, R, E, D,
+    sqb, sqm, sqe,
+    skb, skr, ske,
+    svb, svr, svd,
+    swb, swr,
+    smb, smd,
+    sob, som, sod,
+    scale,
+    BLOCK_M: tl.constexpr, BLOCK_R: tl.constexpr, E_P: tl.constexpr, D_P: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_e = tl.arange(0, E_P)
+    offs_d = tl.arange(0, D_P)
+    mask_m = offs_m < M
+    q = tl.load(Q + b * sqb + offs_m[:, None] * sqm + offs_e[None, :] * sqe,
+                mask=mask_m[:, None] & (offs_e[None, :] < E), other=0.0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    den = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, D_P), tl.float32)
+    for start in range(0, R, BLOCK_R):
+        offs_r = start + tl.arange(0, BLOCK_R)
+        mask_r = offs_r < R
+        k = tl.load(K + b * skb + offs_r[:, None] * skr + offs_e[None, :] * ske,
+                    mask=mask_r[:, None] & (offs_e[None, :] < E), other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision="ieee") * scale
+        s = tl.where(mask_r[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, axis=1))
+        alpha = tl.exp(m_i - m_new)
+        p = tl.exp(s - m_new[:, None])
+        w = tl.load(W + b * swb + offs_r * swr, mask=mask_r, other=0.0)
+        v = tl.load(V + b * svb + offs_r[:, None] * svr + offs_d[None, :] * svd,
+                    mask=mask_r[:, None] & (offs_d[None, :] < D), other=0.0)
+        den = den * alpha + tl.sum(p * w[None, :], axis=1)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision="ieee")
+        m_i = m_new
+    ok = den > 1e-20
+    safe = tl.where(ok, den, 1.0)
+    out = tl.where(ok[:, None], acc / safe[:, None], 0.0)
+    mask_d = offs_d < D
+    vmin = tl.load(VMIN + b * smb + offs_d * smd, mask=mask_d, other=0.0)
+    vmax = tl.load(VMAX + b * smb + offs_d * smd, mask=mask_d, other=0.0)
+    out = tl.minimum(tl.maximum(out, vmin[None, :]), vmax[None, :])
+    tl.store(O + b * sob + offs_m[:, None] * som + offs_d[None, :] * sod, out,
+             mask=mask_m[:, None] & mask_d[None, :])
+
+
+def weighted_attention_triton(
+    q: Tensor, k_s: Tensor, v_s: Tensor, w: Tensor, scale: float, vmin: Tensor, vmax: Tensor,
+    block_m: int = 64, block_r: int = 32,
+) -> Tensor:
+    """q (B, M, E), k_s (B, R, E), v_s (B, R, D), w (B, R), vmin/vmax (B, 1, D) -> (B, M, D) fp32."""
+    B, M, E = q.shape
+    R, D = k_s.shape[1], v_s.shape[-1]
+    q, k_s, v_s, w = (t.float() for t in (q, k_s, v_s, w))
+    vmin = vmin.float().reshape(B, D).contiguous()
+    vmax = vmax.float().reshape(B, D).contiguous()
+    out = torch.empty(B, M, D, device=q.device, dtype=torch.float32)
+    e_p = max(16, triton.next_power_of_2(E))
+    d_p = max(16, triton.next_power_of_2(D))
+    grid = (triton.cdiv(M, block_m), B)
+    _wildcat_wattn_kernel[grid](
+        q, k_s, v_s, w, vmin, vmax, out,
+        M, R, E, D,
+        *q.stride(), *k_s.stride(), *v_s.stride(), *w.stride(), *vmin.stride(), *out.stride(),
+        float(scale),
+        BLOCK_M=block_m, BLOCK_R=block_r, E_P=e_p, D_P=d_p,
+    )
+    return out

@@ -1,0 +1,20 @@
+"""attnbench entry point: ``python run.py method=<name> task=<name> [key=value ...]`` (``-m`` sweeps)."""
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    from runners.run import run
+
+    # A single run exits non-zero on error; in a sweep the error row is kept and the sweep goes on.
+    single = HydraConfig.get().mode == RunMode.RUN
+    rows = run(cfg, raise_errors=False)
+    if single and any(r.get("status") == "error" for r in rows):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

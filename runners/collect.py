@@ -1,0 +1,64 @@
+"""Gather every run's rows under ``results/runs`` into one pandas table.
+
+``python -m runners.collect [--results-dir results]`` prints one line per row (key columns) and
+writes ``results/table.csv`` and ``results/table.parquet``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from runners.run import KEY_COLUMNS
+
+CONTRACT_COLUMNS = [
+    "run_id", "status", "error", "method", "task", "n", "seed", "batch", "heads", "causal",
+    "rel_fro_error", "rel_spec_error", "max_abs_error", "latency_ms", "latency_p10_ms", "latency_p90_ms",
+    "exact_latency_ms", "speedup", "peak_mem_mb", "exact_peak_mem_mb", "top1", "top5", "fid", "is_mean",
+    "is_std", "ppl", "score", "kept_fraction", "device", "torch_version", "git_commit", "wall_s",
+]
+
+
+def load_rows(results_dir: str | Path = "results") -> pd.DataFrame:
+    """All rows of all runs, contract columns first (missing ones present and empty)."""
+    rows = []
+    for path in sorted((Path(results_dir) / "runs").glob("*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        rows.extend(data.get("rows", []))
+    df = pd.DataFrame(rows)
+    for c in CONTRACT_COLUMNS:
+        if c not in df.columns:
+            df[c] = None
+    rest = sorted(c for c in df.columns if c not in CONTRACT_COLUMNS)
+    return df[CONTRACT_COLUMNS + rest]
+
+
+def write_tables(df: pd.DataFrame, results_dir: str | Path = "results") -> list[Path]:
+    out = Path(results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv, parquet = out / "table.csv", out / "table.parquet"
+    df.to_csv(csv, index=False)
+    # parquet needs one type per column: config columns mix ints, strings and None
+    df.astype({c: "string" for c in df.columns if df[c].dtype == object}).to_parquet(parquet, index=False)
+    return [csv, parquet]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--results-dir", default="results")
+    args = ap.parse_args(argv)
+    df = load_rows(args.results_dir)
+    paths = write_tables(df, args.results_dir)
+    cols = [c for c in KEY_COLUMNS if c in df.columns and df[c].notna().any()]
+    with pd.option_context("display.max_rows", 500, "display.width", 250, "display.float_format", "{:.4g}".format):
+        print(df[cols].to_string(index=False) if len(df) else "(no rows)")
+    print(f"{len(df)} rows -> {', '.join(map(str, paths))}")
+
+
+if __name__ == "__main__":
+    main()

