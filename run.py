@@ -1,4 +1,9 @@
 """attnbench entry point: ``python run.py method=<name> task=<name> [key=value ...]`` (``-m`` sweeps)."""
+import os
+
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no progress bars in run logs
+os.environ.setdefault("TQDM_DISABLE", "1")
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode

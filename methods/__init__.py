@@ -74,12 +74,12 @@ def build(cfg: Mapping[str, Any] | str, **overrides: Any) -> AttentionMethod:
     unknown = [k for k in params if k not in accepted]
     if unknown and not has_var_kw:
         raise ValueError(f"method {name!r} has no parameter(s) {unknown}; it accepts {accepted}.")
-    params = {k: _plain(v) for k, v in params.items()}
+    params = {k: to_plain(v) for k, v in params.items()}
     return cls(**params)
 
 
-def _plain(v: Any) -> Any:
-    """OmegaConf containers to plain Python (lists, dicts)."""
+def to_plain(v: Any) -> Any:
+    """OmegaConf containers (configs) as plain Python dicts and lists; anything else unchanged."""
     try:
         from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -90,7 +90,7 @@ def _plain(v: Any) -> Any:
     return v
 
 
-__all__ = ["AttentionMethod", "register", "build", "names", "get"]
+__all__ = ["AttentionMethod", "register", "build", "rebuild", "names", "get", "to_plain"]
 
 
 def rebuild(method: AttentionMethod, **overrides: Any) -> AttentionMethod:

@@ -43,7 +43,8 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False) -> None:
     if causal and q.shape[2] != k.shape[2]:
         raise ValueError(f"causal attention needs as many queries as keys, got Nq={q.shape[2]} and Nk={k.shape[2]}.")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if not bool(torch.isfinite(t).all()):
+        # one pass: a finite sum means finite entries; only an inf/NaN sum needs the full check
+        if not bool(torch.isfinite(t.sum(dtype=torch.float64))) and not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} contains NaN or infinite values.")
 
 
@@ -67,16 +68,18 @@ def check_positive_int(name: str, value: Any) -> int:
 def resolve_budget(name: str, value: Any, n: int, *, allow_exceed: bool = True) -> int:
     """A budget knob as a count of tokens for sequence length ``n``.
 
-    ``value`` is an int >= 1 or a float in (0, 1] (a fraction of ``n``, rounded up).
+    ``value`` is an int >= 1 or a float in (0, 1] (a fraction of ``n``, rounded up: 1.0 is all
+    of ``n``; an integral float above 1, e.g. 64.0, is a count).
     With ``allow_exceed`` a budget above ``n`` is returned as ``n`` (the method is then exact
     or degenerate by construction); without it, it is a ``ValueError``.
     """
-    if isinstance(value, float) and not value.is_integer():
-        if not 0 < value <= 1:
-            raise ValueError(f"method.{name} as a fraction of n must lie in (0, 1], got {value}.")
-        return max(1, math.ceil(value * n))
     if isinstance(value, float):
-        value = int(value)
+        if value > 1 and value.is_integer():
+            value = int(value)
+        elif not 0 < value <= 1:
+            raise ValueError(f"method.{name} as a fraction of n must lie in (0, 1], got {value}.")
+        else:
+            return max(1, math.ceil(value * n))
     value = check_positive_int(name, value)
     if value > n and not allow_exceed:
         raise ValueError(f"method.{name}={value} exceeds the sequence length n={n}.")

@@ -488,7 +488,7 @@ class WildCat(AttentionMethod):
         num_bins: int = 1,
         temperature: str = "rho",
         rho: float = RHO,
-        block: int = 1,
+        block: int = 32,
         use_triton: bool | None = None,
     ) -> None:
         super().__init__()

@@ -16,23 +16,12 @@ import numpy as np
 import torch
 
 import methods
+from methods import to_plain
 import tasks
 from runners.log import RunRecord, make_logger
 from runners.measure import Meter
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def to_plain(cfg: Any) -> Any:
-    """OmegaConf config (or anything) as plain dicts and lists."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(cfg, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(cfg, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return cfg
 
 
 def resolve_device(name: str) -> torch.device:

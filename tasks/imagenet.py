@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 import methods
+from methods import to_plain
 from methods.base import AttentionMethod
 from runners.measure import Meter
 
@@ -153,17 +154,6 @@ def attention_layers(model: nn.Module) -> dict[str, str]:
     return {layer_label(name): name for name, mod in model.named_modules() if name and _is_attention(mod)}
 
 
-def _plain(x: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(x, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(x, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return x
-
-
 def swap_attention(
     model: nn.Module, layers: list[str] | None = None, method: AttentionMethod | None = None, meter: Meter | None = None
 ) -> dict[str, "_Swapped"]:
@@ -259,7 +249,7 @@ class ImageNetTask(Task):
     # --- model --------------------------------------------------------------------------
     def _build_model(self) -> nn.Module:
         name, cfg = self.model_name, self.cfg
-        kwargs = dict(_plain(cfg.get("model_kwargs")) or {})
+        kwargs = dict(to_plain(cfg.get("model_kwargs")) or {})
         checkpoint = cfg.get("checkpoint")
         pretrained = bool(cfg.get("pretrained", True))
         is_t2t = t2t_vit.is_t2t(name)
@@ -319,7 +309,7 @@ class ImageNetTask(Task):
         cands = self.candidates
         if not cands:
             raise ValueError(f"task.model={self.model_name!r} has no attention module this task can swap.")
-        spec = _plain(spec)
+        spec = to_plain(spec)
         if spec in (None, "default"):
             t2t = [lab for lab in cands if lab.startswith("t2t")]
             return t2t or [lab for lab in cands if lab.startswith("block")] or list(cands)
@@ -380,7 +370,7 @@ class ImageNetTask(Task):
         by_module = {mod: lab for lab, mod in self.candidates.items()}
         merged: dict[str, dict[str, Any]] = {}
         for key in ("layer_overrides_by_method", "layer_overrides"):
-            table = _plain(self.cfg.get(key)) or {}
+            table = to_plain(self.cfg.get(key)) or {}
             if key == "layer_overrides_by_method":
                 table = table.get(method_name) or {}
             for layer, knobs in table.items():
