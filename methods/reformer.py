@@ -80,9 +80,22 @@ class Reformer(AttentionMethod):
         self.shared_qk = shared_qk
 
     def _hash(self, x: Tensor, rotations: Tensor) -> Tensor:
-        """x: (B, H, N, D), rotations: (D, R, nb/2) -> buckets (B, H, R, N) in [0, nb)."""
-        rot = torch.einsum("bhnd,dri->bhrni", x, rotations)
-        return torch.cat([rot, -rot], dim=-1).argmax(dim=-1)
+        """x: (B, H, N, D), rotations: (D, R, nb/2) -> buckets (B, H, R, N) in [0, nb).
+
+        bucket = argmax over [xR, -xR]. The number of buckets grows with n (n / bucket_size, as in
+        the paper), so hashing costs O(n²·d / bucket_size) time; it is done in row chunks so that
+        memory stays O(n) instead of holding the (n × n_buckets) rotation products at once.
+        """
+        b, h, n, _ = x.shape
+        r, half = rotations.shape[1], rotations.shape[2]
+        rows = max(1, (1 << 22) // max(1, b * h * r * half))
+        out = []
+        for start in range(0, n, rows):
+            rot = torch.einsum("bhnd,dri->bhrni", x[:, :, start : start + rows], rotations)
+            hi, hi_idx = rot.max(dim=-1)
+            lo, lo_idx = rot.min(dim=-1)
+            out.append(torch.where(hi >= -lo, hi_idx, lo_idx + half))
+        return torch.cat(out, dim=-1)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
         bsz, heads, nq, d = q.shape
