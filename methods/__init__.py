@@ -55,6 +55,9 @@ def get(name: str) -> type[AttentionMethod]:
 def build(cfg: Mapping[str, Any] | str, **overrides: Any) -> AttentionMethod:
     """Instantiate a method from a config mapping ``{name: ..., <knob>: ...}`` or a bare name.
 
+    A ``preset`` entry (``+method/preset=NAME``: a mapping method name -> knobs, see
+    ``conf/method/preset/``) applies the paper setting for this method over the other knobs.
+
     Unknown knobs raise ``ValueError`` naming the method and its accepted knobs.
     """
     import inspect
@@ -68,6 +71,12 @@ def build(cfg: Mapping[str, Any] | str, **overrides: Any) -> AttentionMethod:
     if name is None:
         raise ValueError("method config needs a 'name' key.")
     cls = get(name)
+    preset = to_plain(params.pop("preset", None))
+    if preset:
+        if name not in preset:
+            covered = sorted(k for k in preset if k != "name")
+            raise ValueError(f"preset {preset.get('name')!r} has no settings for method {name!r}; it covers {covered}.")
+        params.update(preset[name])
     sig = inspect.signature(cls.__init__)
     accepted = [p for p in sig.parameters if p != "self"]
     has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())

@@ -114,6 +114,8 @@ def run(cfg_in: Any, *, raise_errors: bool = False) -> list[dict[str, Any]]:
         "hostname": platform.node(),
     }
     base.update(flatten("method", cfg["method"]))
+    if isinstance(cfg["method"].get("preset"), dict):
+        base["method.preset"] = cfg["method"]["preset"].get("name")
     base.update(flatten("task", cfg["task"]))
     record = RunRecord(runs_dir, run_id, run_identity(cfg))
     logger = None
@@ -125,7 +127,7 @@ def run(cfg_in: Any, *, raise_errors: bool = False) -> list[dict[str, Any]]:
         seed_everything(seed)
         method = methods.build(cfg["method"]).to(device)
         method.reseed(seed)
-        base.update({f"method.{k}": v for k, v in method.hparams().items() if f"method.{k}" not in base})
+        base.update({f"method.{k}": v for k, v in method.hparams().items()})  # effective knob values
         task = tasks.build(cfg["task"], device=device, seed=seed)
         meter = Meter(device=device, warmup=int(meter_cfg.get("warmup", 1)), repeats=int(meter_cfg.get("repeats", 5)),
                       memory=bool(meter_cfg.get("memory", True)))

@@ -71,3 +71,11 @@ def test_half_precision_returns_input_dtype(dtype):
     q, k, v = qkv(dtype=dtype)
     for name in ["exact", "performer"]:
         assert methods.build(name)(q, k, v).dtype == dtype
+
+
+def test_presets_apply_paper_settings_and_reject_uncovered_methods():
+    preset = {"name": "t2t_layer1", "reformer": {"bucket_size": 49, "n_hashes": 2}}
+    m = methods.build({"name": "reformer", "bucket_size": 64, "n_hashes": 8, "preset": preset})
+    assert (m.bucket_size, m.n_hashes) == (49, 2)
+    with pytest.raises(ValueError, match="no settings for method 'performer'.*reformer"):
+        methods.build({"name": "performer", "preset": preset})
