@@ -32,7 +32,6 @@ import re
 import string
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
@@ -75,7 +74,39 @@ def tiny_llama(seed: int = 0, vocab_size: int = 258):
     return LlamaForCausalLM(cfg).eval()
 
 
-def load_model(name: str, dtype: torch.dtype, device: torch.device, cache_dir: str | None = None):
+def smollm2_tokenizer(gguf_tok=None):
+    """SmolLM2's byte-level BPE as a plain ``PreTrainedTokenizerFast``, from the tokenizer that
+    transformers converts out of the packaged GGUF file (``gguf_tok``; loaded when None).
+
+    transformers (5.x) wraps the GGUF vocabulary in a ``CodeLlamaTokenizer`` whose special tokens are
+    wrong (eos = ``<|im_start|>``) and whose ``save_pretrained`` copy reloads with a SentencePiece
+    ``Metaspace`` pre-tokenizer: every space becomes ``<|endoftext|>`` when encoding and decoding
+    leaves byte-level ``Ġ`` markers. So we keep only the converted ``tokenizers`` object (the GPT-2
+    byte-level pre-tokenizer and the BPE merges), give it a plain byte-level decoder and no
+    post-processor, and set the special tokens of HuggingFaceTB/SmolLM2-135M-Instruct
+    (bos ``<|im_start|>``, eos/pad ``<|im_end|>``, unk ``<|endoftext|>``) and the GGUF chat template.
+    Nothing is cached on disk (the conversion takes a few seconds, once per process)."""
+    import copy
+
+    from tokenizers import decoders
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if gguf_tok is None:
+        from .sources import quiet_offline_hf, smollm2_gguf
+
+        quiet_offline_hf()
+        folder, gguf = smollm2_gguf()
+        gguf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    backend = copy.deepcopy(gguf_tok.backend_tokenizer)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>",
+                                   chat_template=gguf_tok.chat_template, model_max_length=8192,
+                                   clean_up_tokenization_spaces=False)
+
+
+def load_model(name: str, dtype: torch.dtype, device: torch.device):
     """(model, tokenizer): ``smollm2`` (packaged GGUF, offline), ``tiny_llama`` (random, byte
     tokenizer) or a Hugging Face name / local folder (local files only)."""
     key = (name, dtype, str(device))
@@ -88,14 +119,8 @@ def load_model(name: str, dtype: torch.dtype, device: torch.device, cache_dir: s
     elif name in ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"):
         from .sources import smollm2_gguf
 
+        tok = smollm2_tokenizer()  # also sets offline mode
         folder, gguf = smollm2_gguf()
-        tok_dir = Path(cache_dir or "results/cache") / "smollm2_tokenizer"
-        if (tok_dir / "tokenizer_config.json").is_file():  # the GGUF tokenizer conversion is slow
-            tok = AutoTokenizer.from_pretrained(tok_dir)
-        else:
-            tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-            with contextlib.suppress(OSError):
-                tok.save_pretrained(tok_dir)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype)
     else:
         try:
@@ -260,7 +285,7 @@ class KVCacheTask(Task):
         if not 0 <= self.ratio < 1:
             raise ValueError(f"task.compression_ratio must lie in [0, 1), got {self.ratio}.")
         if model is None:
-            model, tokenizer = load_model(str(cfg.get("model", "smollm2")), self.dtype, device, cfg.get("cache_dir"))
+            model, tokenizer = load_model(str(cfg.get("model", "smollm2")), self.dtype, device)
         self.model, self.tok = model, tokenizer
         from kvpress import KVPressTextGenerationPipeline
 

@@ -185,3 +185,36 @@ def test_longbench_scorers():
     assert longbench_score("trec", "LOC\nmore", ["LOC"], ["LOC", "HUM"]) == 1.0
     assert longbench_score("lcc", "x = 1\n", ["x = 1"]) == 1.0
     assert 0 < longbench_score("samsum", "a b c d", ["a b x d"]) < 1
+
+
+@pytest.mark.slow
+def test_smollm2_tokenizer_round_trip_no_byte_markers():
+    """The SmolLM2 tokenizer (from the packaged GGUF) encodes spaces as byte-level BPE (no
+    ``<|endoftext|>`` in place of spaces), decodes to the exact text without 'Ġ'/'Ċ' markers, and
+    stops on ``<|im_end|>``. (transformers' CodeLlamaTokenizer wrapper, saved and reloaded, broke all three.)"""
+    from tasks.kv_cache import filler_ids, smollm2_tokenizer
+
+    tok = smollm2_tokenizer()
+    assert tok.eos_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
+    text = "The special magic number for Lisbon is 1234567.\n\n  Return the  value; see os.path.join()."
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.unk_token_id not in ids and len(ids) < len(text) / 2  # merged words, not bytes or unknowns
+    assert tok.decode(ids) == text
+    for word_ids in ([ids[i]] for i in range(len(ids))):  # token by token (as generation decodes)
+        assert "Ġ" not in tok.decode(word_ids) and "Ċ" not in tok.decode(word_ids)
+    answer = tok.encode(" 8252241. The special", add_special_tokens=False) + [tok.eos_token_id]
+    assert tok.decode(answer, skip_special_tokens=True) == " 8252241. The special"
+    s = needle_sample(tok, filler_ids(tok, 600), 512, 0.5, torch.Generator().manual_seed(0))
+    assert s["needle"] in s["context"] and "Ġ" not in s["context"]
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi there"}], add_generation_prompt=True, tokenize=False)
+    assert chat.endswith("<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.slow
+def test_smollm2_needle_uncompressed_retrieves():
+    """No compression: SmolLM2-135M-Instruct finds the needle (the baseline the needle sweep compares to)."""
+    task = KVCacheTask(dict(name="kv_cache", model="smollm2", dataset="needle", press="none", context_length=512,
+                            depths=[0.2, 0.8], max_new_tokens=10), CPU, 0)
+    (row,) = task.run(methods.build("exact"), Meter())
+    assert "Ġ" not in row["answers"] and row["kept_fraction"] == 1.0
+    assert row["score"] == 100.0, row["answers"]
