@@ -67,6 +67,7 @@ def run_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "seed": cfg.get("seed", 0),
         "device": cfg.get("device", "auto"),
         "meter": cfg.get("meter", {}),
+        "experiment": cfg.get("experiment_name"),
     }
 
 
