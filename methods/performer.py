@@ -7,6 +7,11 @@ with ``x' = sqrt(scale)·x`` (the reference hard-codes scale = d^-1/2), the stab
 row max for queries and the global max for keys (both cancel in the normalised output).
 Causal attention uses prefix sums computed chunk by chunk: memory O(n·m) rather than
 the O(n·m·d) of a naive cumulative sum.
+
+Known behaviour, kept as in the reference code: when key norms vary a lot (real LM keys, e.g.
+SmolLM2 layer 10), exp(w·k' - |k'|²/2 - global max) falls far below ``eps`` for most keys, so the
+features collapse to the constant ``eps`` and the output to the plain mean of V whatever
+``nb_features`` is. ``eps=0`` removes that floor.
 """
 from __future__ import annotations
 
