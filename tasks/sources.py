@@ -17,7 +17,6 @@ import importlib
 import importlib.util
 import inspect
 import os
-import pkgutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -59,13 +58,43 @@ def quiet_offline_hf() -> None:
     hf_logging.set_verbosity_error()
 
 
+def smollm2_tokenizer(gguf_tok=None):
+    """SmolLM2's byte-level BPE as a plain ``PreTrainedTokenizerFast``, from the tokenizer that
+    transformers converts out of the packaged GGUF file (``gguf_tok``; loaded when None).
+
+    transformers (5.x) wraps the GGUF vocabulary in a ``CodeLlamaTokenizer`` whose special tokens are
+    wrong (eos = ``<|im_start|>``) and whose ``save_pretrained`` copy reloads with a SentencePiece
+    ``Metaspace`` pre-tokenizer: every space becomes ``<|endoftext|>`` when encoding and decoding
+    leaves byte-level ``Ġ`` markers. So we keep only the converted ``tokenizers`` object (the GPT-2
+    byte-level pre-tokenizer and the BPE merges), give it a plain byte-level decoder and no
+    post-processor, and set the special tokens of HuggingFaceTB/SmolLM2-135M-Instruct
+    (bos ``<|im_start|>``, eos/pad ``<|im_end|>``, unk ``<|endoftext|>``) and the GGUF chat template.
+    Nothing is cached on disk (the conversion takes a few seconds, once per process)."""
+    import copy
+
+    from tokenizers import decoders
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if gguf_tok is None:
+        quiet_offline_hf()
+        folder, gguf = smollm2_gguf()
+        gguf_tok = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
+    backend = copy.deepcopy(gguf_tok.backend_tokenizer)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = None
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<|im_end|>", unk_token="<|endoftext|>",
+                                   chat_template=gguf_tok.chat_template, model_max_length=8192,
+                                   clean_up_tokenization_spaces=False)
+
+
 def load_smollm2(dtype: torch.dtype = torch.float32):
     """(model, tokenizer) of SmolLM2-135M-Instruct from the packaged GGUF, offline."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     quiet_offline_hf()
     folder, name = smollm2_gguf()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tok = smollm2_tokenizer()
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=dtype)
     return model.eval(), tok
 

@@ -192,7 +192,8 @@ def test_smollm2_tokenizer_round_trip_no_byte_markers():
     """The SmolLM2 tokenizer (from the packaged GGUF) encodes spaces as byte-level BPE (no
     ``<|endoftext|>`` in place of spaces), decodes to the exact text without 'Ġ'/'Ċ' markers, and
     stops on ``<|im_end|>``. (transformers' CodeLlamaTokenizer wrapper, saved and reloaded, broke all three.)"""
-    from tasks.kv_cache import filler_ids, smollm2_tokenizer
+    from tasks.kv_cache import filler_ids
+    from tasks.sources import smollm2_tokenizer
 
     tok = smollm2_tokenizer()
     assert tok.eos_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
