@@ -42,15 +42,16 @@ from torch import Tensor
 from . import register
 from .base import AttentionMethod, check_positive_int
 
-_CHUNK_ELEMS = 1 << 25  # score entries per chunk in the exact parts
+_CHUNK_ELEMS = 1 << 21  # score entries per chunk in the exact parts (cache-sized blocks)
 
 
 def _attn_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, *, bias: Tensor | None = None,
-              causal: bool = False) -> tuple[Tensor, Tensor]:
+              bias_rows=None, causal: bool = False) -> tuple[Tensor, Tensor]:
     """Exact attention and its log-sum-exp over the last two dims, chunked over query rows.
 
     q (..., Nq, D), k (..., Nk, D), v (..., Nk, Dv); ``bias`` broadcastable to (..., Nq, Nk)
-    with -inf for excluded entries; ``causal`` masks key j > query i (Nq == Nk).
+    with -inf for excluded entries, or ``bias_rows(r0, r1)`` giving it for query rows r0:r1
+    (so that no (Nq × Nk)-sized bias is held); ``causal`` masks key j > query i (Nq == Nk).
     Rows with every entry excluded give output 0 and log-sum-exp -inf.
     """
     nq, nk = q.shape[-2], k.shape[-2]
@@ -62,6 +63,8 @@ def _attn_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, *, bias: Tensor | N
         s = (q[..., r0:r1, :] @ k.transpose(-1, -2)) * scale
         if bias is not None:
             s = s + (bias if bias.shape[-2] == 1 else bias[..., r0:r1, :])
+        if bias_rows is not None:
+            s = s + bias_rows(r0, r1)
         if causal:
             keep = torch.arange(r0, r1, device=q.device).unsqueeze(-1) >= torch.arange(nk, device=q.device)
             s = s.masked_fill(~keep, float("-inf"))
@@ -148,9 +151,13 @@ class HyperAttention(AttentionMethod):
             pick = torch.randint(nk, (G, s), device=q.device, generator=gen)
             k_smp = ks.gather(1, pick.unsqueeze(-1).expand(G, s, D))
             v_smp = vs.gather(1, pick.unsqueeze(-1).expand(G, s, dv))
-            same = (torch.arange(nq, device=q.device) // qbs).view(1, nq, 1) == (pick // bs).unsqueeze(1)
-            res_bias = torch.zeros(same.shape, dtype=q.dtype, device=q.device).masked_fill_(same, float("-inf"))
-            o_res, l_res = _attn_lse(qs, k_smp, v_smp, scale, bias=res_bias)
+            pick_block = (pick // bs).unsqueeze(1)  # (G, 1, s)
+
+            def res_bias(r0: int, r1: int) -> Tensor:  # -inf where the sample lies in the query's own block
+                same = (torch.arange(r0, r1, device=q.device) // qbs).view(1, -1, 1) == pick_block
+                return torch.zeros(same.shape, dtype=q.dtype, device=q.device).masked_fill_(same, float("-inf"))
+
+            o_res, l_res = _attn_lse(qs, k_smp, v_smp, scale, bias_rows=res_bias)
             out, lse = _merge(out, lse, o_res, l_res + math.log(nk / s))
 
         inv = torch.empty_like(q_idx).scatter_(1, q_idx, torch.arange(nq, device=q.device).expand(G, nq))

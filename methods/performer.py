@@ -6,7 +6,8 @@ chi-distributed norms (norms of Gaussian rows); features ``m^-1/2 · (exp(w·x' 
 with ``x' = sqrt(scale)·x`` (the reference hard-codes scale = d^-1/2), the stabiliser c being the
 row max for queries and the global max for keys (both cancel in the normalised output).
 Causal attention uses prefix sums computed chunk by chunk: memory O(n·m) rather than
-the O(n·m·d) of a naive cumulative sum.
+the O(n·m·d) of a naive cumulative sum. Bidirectional attention is evaluated in cache-sized row
+chunks (``blocked_linear_attention``; same arithmetic, sums over keys taken chunk by chunk).
 
 Known behaviour, kept as in the reference code: when key norms vary a lot (real LM keys, e.g.
 SmolLM2 layer 10), exp(w·k' - |k'|²/2 - global max) falls far below ``eps`` for most keys, so the
@@ -22,6 +23,8 @@ from torch import Tensor
 
 from . import register
 from .base import AttentionMethod, check_positive_int
+
+_BLOCK_ELEMS = 1 << 20  # feature entries per row chunk (bidirectional path)
 
 
 def draw_orthogonal_features(m: int, d: int, generator: torch.Generator, device, dtype=torch.float32) -> Tensor:
@@ -60,6 +63,36 @@ def linear_attention(qf: Tensor, kf: Tensor, v: Tensor) -> Tensor:
     context = kf.transpose(-1, -2) @ v  # (B, H, m, Dv)
     den = qf @ kf.sum(dim=-2).unsqueeze(-1)  # (B, H, N, 1)
     return (qf @ context) / den
+
+
+def blocked_linear_attention(q: Tensor, k: Tensor, v: Tensor, proj: Tensor, scale: float, eps: float,
+                             rows: int) -> Tensor:
+    """``linear_attention`` of the stabilised features of q and k, ``rows`` tokens at a time.
+
+    Same arithmetic as ``softmax_kernel_features`` + ``linear_attention`` (the key stabiliser is
+    still the global max of the key projections). The key projections (N × m in all, in chunks)
+    are kept until that max is known, then exponentiated chunk by chunk into φ(K)ᵀV and φ(K)ᵀ1,
+    so no full-size exp/feature temporaries are made; query features are made and used chunk by
+    chunk. Only the order of the sums over keys changes (float rounding).
+    """
+    m = proj.shape[0]
+    root = math.sqrt(scale)
+    pt = proj.T
+    n_k = k.shape[2]
+    dashes = [(k[:, :, i : i + rows] * root) @ pt for i in range(0, n_k, rows)]
+    kmax = torch.stack([d_.amax(dim=(-1, -2)) for d_ in dashes]).amax(0)[..., None, None]  # (B, H, 1, 1)
+    context = ksum = None
+    for i, dash in zip(range(0, n_k, rows), dashes):
+        ks = k[:, :, i : i + rows] * root
+        kf = m ** -0.5 * (torch.exp(dash - kmax - 0.5 * (ks * ks).sum(-1, keepdim=True)) + eps)
+        c, s_ = kf.transpose(-1, -2) @ v[:, :, i : i + rows], kf.sum(dim=-2)
+        context, ksum = (c, s_) if context is None else (context + c, ksum + s_)
+    ksum = ksum.unsqueeze(-1)
+    outs = []
+    for i in range(0, q.shape[2], rows):
+        qf = softmax_kernel_features(q[:, :, i : i + rows], proj, scale, is_query=True, eps=eps)
+        outs.append((qf @ context) / (qf @ ksum))
+    return torch.cat(outs, dim=2)
 
 
 def causal_linear_attention(qf: Tensor, kf: Tensor, v: Tensor, chunk: int = 128) -> Tensor:
@@ -124,9 +157,10 @@ class Performer(AttentionMethod):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
         proj = self.features(q.shape[-1], q.device, q.dtype)
+        self._stats = {"nb_features": float(proj.shape[0])}
+        if not causal:  # cache-sized row chunks: no (N × m) feature matrices
+            rows = max(1, _BLOCK_ELEMS // (q.shape[0] * q.shape[1] * proj.shape[0]))
+            return blocked_linear_attention(q, k, v, proj, scale, self.eps, rows)
         qf = softmax_kernel_features(q, proj, scale, is_query=True, eps=self.eps)
         kf = softmax_kernel_features(k, proj, scale, is_query=False, eps=self.eps)
-        self._stats = {"nb_features": float(proj.shape[0])}
-        if causal:
-            return causal_linear_attention(qf, kf, v, self.chunk_size)
-        return linear_attention(qf, kf, v)
+        return causal_linear_attention(qf, kf, v, self.chunk_size)

@@ -33,7 +33,11 @@ Departures, all documented here:
 * The scale is the caller's ``scale`` (the vendored KDEformer version applied none; lucidrains
   uses d^-1/2).
 
-Memory: O(n_hashes · Nq · 2·bucket_size) scores; never Nq × Nk (unless bucket_size ≥ Nk).
+Cost: hashing is O(n_hashes · n · d · n/bucket_size) (the bucket count grows with n, as in the
+reference), attention O(n_hashes · n · bucket_size · d). The chunks are evaluated one round and a
+cache-sized group of chunks at a time and the rounds are combined online (running log-sum-exp),
+which is the same softmax-over-rounds weighting up to float rounding. Memory: O(Nq · Dv) plus
+the hash codes and one block of scores; never Nq × Nk (unless bucket_size ≥ Nk).
 """
 from __future__ import annotations
 
@@ -47,6 +51,7 @@ from . import register
 from .base import AttentionMethod, check_positive_int, resolve_budget
 
 SELF_ATTN_VALUE = -5e4  # score of a token with itself in shared-QK mode (as in the reference)
+_BLOCK_ELEMS = 1 << 21  # score entries per block of chunks
 
 
 def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
@@ -54,11 +59,6 @@ def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
     b, h, r, m = idx.shape
     flat = idx.reshape(b, h, r * m, 1).expand(-1, -1, -1, x.shape[-1])
     return x.gather(2, flat).reshape(b, h, r, m, x.shape[-1])
-
-
-def _look_one_back(x: Tensor) -> Tensor:
-    """(..., C, S, *rest) chunks -> each chunk followed by the previous one (wrapping): (..., C, 2S, *rest)."""
-    return torch.cat([x, x.roll(1, dims=3)], dim=4)
 
 
 @register("reformer")
@@ -83,19 +83,21 @@ class Reformer(AttentionMethod):
         """x: (B, H, N, D), rotations: (D, R, nb/2) -> buckets (B, H, R, N) in [0, nb).
 
         bucket = argmax over [xR, -xR]. The number of buckets grows with n (n / bucket_size, as in
-        the paper), so hashing costs O(n²·d / bucket_size) time; it is done in row chunks so that
-        memory stays O(n) instead of holding the (n × n_buckets) rotation products at once.
+        the paper and the reference), so hashing costs O(n²·d / bucket_size) time, the one
+        super-linear part of the method; it is done in row chunks so that memory stays O(n)
+        instead of holding the (n × n_buckets) rotation products at once.
         """
-        b, h, n, _ = x.shape
+        b, h, n, d = x.shape
         r, half = rotations.shape[1], rotations.shape[2]
+        rot_mat = rotations.reshape(d, r * half)
         rows = max(1, (1 << 22) // max(1, b * h * r * half))
         out = []
         for start in range(0, n, rows):
-            rot = torch.einsum("bhnd,dri->bhrni", x[:, :, start : start + rows], rotations)
+            rot = (x[:, :, start : start + rows] @ rot_mat).view(b, h, -1, r, half)  # (B, H, rows, R, nb/2)
             hi, hi_idx = rot.max(dim=-1)
             lo, lo_idx = rot.min(dim=-1)
             out.append(torch.where(hi >= -lo, hi_idx, lo_idx + half))
-        return torch.cat(out, dim=-1)
+        return torch.cat(out, dim=2).transpose(2, 3)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
         bsz, heads, nq, d = q.shape
@@ -143,46 +145,64 @@ class Reformer(AttentionMethod):
 
         keys_p, v_p = pad_rows(keys, nk_pad), pad_rows(v, nk_pad)
         q_p = pad_rows(q, nq_pad)
+        self_attn = not shared and causal
+        if self_attn:
+            keys_self, v_self = pad_rows(keys, nq_pad), pad_rows(v, nq_pad)
 
-        # --- chunked attention -------------------------------------------------------
-        sq = _gather_rows(q_p, qperm).reshape(bsz, heads, rounds, n_chunks, qc, d)
-        sk = _gather_rows(keys_p, kperm).reshape(bsz, heads, rounds, n_chunks, bs, d)
-        sv = _gather_rows(v_p, kperm).reshape(bsz, heads, rounds, n_chunks, bs, dv)
-        qpos = qperm.reshape(bsz, heads, rounds, n_chunks, qc)
-        kpos = kperm.reshape(bsz, heads, rounds, n_chunks, bs)
-        if n_chunks > 1:
-            sk, sv, kpos = _look_one_back(sk), _look_one_back(sv), _look_one_back(kpos)
-
-        dots = torch.einsum("bhrcid,bhrcjd->bhrcij", sq, sk) * scale
-        qp, kp = qpos.unsqueeze(-1), kpos.unsqueeze(-2)
+        # --- chunked attention, a group of chunks of one round at a time -------------
+        # Sorted chunk c of round r holds queries qperm[r, c·qc:(c+1)·qc] and keys kperm[r, c·bs:(c+1)·bs];
+        # its keys are those of chunk c followed by those of chunk c-1 (wrapping). Groups of chunks
+        # keep the score blocks small (O(_BLOCK_ELEMS) memory, cache-sized) instead of holding all
+        # n_hashes·Nq·2·bucket_size scores at once; the rounds are combined online below.
+        qchunks = qperm.view(bsz, heads, rounds, n_chunks, qc)
+        kchunks = kperm.view(bsz, heads, rounds, n_chunks, bs)
+        prev = (torch.arange(n_chunks, device=dev) - 1) % n_chunks
+        kw = 2 * bs if n_chunks > 1 else bs
+        group = max(1, _BLOCK_ELEMS // (bsz * heads * qc * (kw + 1)))
         neg_inf = float("-inf")
-        if nk_pad > nk:
-            dots = dots.masked_fill(kp >= nk, neg_inf)
-        if causal:
-            dots = dots.masked_fill(kp > qp, neg_inf)
-        if shared:
-            dots = dots.masked_fill(kp == qp, SELF_ATTN_VALUE)
-        extra = None
-        if not shared and causal:
-            # own key through one extra slot; its copies inside the chunks are masked
-            dots = dots.masked_fill(kp == qp, neg_inf)
-            k_self = _gather_rows(pad_rows(keys, nq_pad), qperm).reshape(bsz, heads, rounds, n_chunks, qc, d)
-            extra = _gather_rows(pad_rows(v, nq_pad), qperm).reshape(bsz, heads, rounds, n_chunks, qc, dv)
-            dots = torch.cat([dots, (sq * k_self).sum(-1, keepdim=True) * scale], dim=-1)
-
-        lse = torch.logsumexp(dots, dim=-1, keepdim=True)
-        probs = torch.exp(dots - lse)
-        if extra is None:
-            out = torch.einsum("bhrcij,bhrcjd->bhrcid", probs, sv)
-        else:
-            out = torch.einsum("bhrcij,bhrcjd->bhrcid", probs[..., :-1], sv) + probs[..., -1:] * extra
-
-        # --- unsort and combine rounds ---------------------------------------------
-        out = out.reshape(bsz, heads, rounds, nq_pad, dv)
-        lse = lse.reshape(bsz, heads, rounds, nq_pad)
-        inv = qperm.argsort(dim=-1)
-        out = out.gather(3, inv.unsqueeze(-1).expand(-1, -1, -1, -1, dv))[:, :, :, :nq]
-        lse = lse.gather(3, inv)[:, :, :, :nq]
-        weights = torch.softmax(lse, dim=2).unsqueeze(-1)
+        acc = m_run = s_run = None
+        for r in range(rounds):
+            out_u = torch.empty(bsz, heads, nq_pad, dv, dtype=q.dtype, device=dev)
+            lse_u = torch.empty(bsz, heads, nq_pad, dtype=q.dtype, device=dev)
+            for c0 in range(0, n_chunks, group):
+                c1 = min(n_chunks, c0 + group)
+                qi = qchunks[:, :, r, c0:c1]  # (B, H, G, qc) query positions
+                ki = kchunks[:, :, r, c0:c1]
+                if n_chunks > 1:
+                    ki = torch.cat([ki, kchunks[:, :, r, prev[c0:c1]]], dim=-1)  # (B, H, G, 2·bs)
+                sq = _gather_rows(q_p, qi)
+                dots = (sq @ _gather_rows(keys_p, ki).transpose(-1, -2)).mul_(scale)  # (B, H, G, qc, kw)
+                qp, kp = qi.unsqueeze(-1), ki.unsqueeze(-2)
+                if nk_pad > nk:
+                    dots.masked_fill_(kp >= nk, neg_inf)
+                if causal:
+                    dots.masked_fill_(kp > qp, neg_inf)
+                if shared:
+                    dots.masked_fill_(kp == qp, SELF_ATTN_VALUE)
+                if self_attn:
+                    # own key through one extra slot; its copies inside the chunks are masked
+                    dots.masked_fill_(kp == qp, neg_inf)
+                    own = (sq * _gather_rows(keys_self, qi)).sum(-1, keepdim=True) * scale
+                    dots = torch.cat([dots, own], dim=-1)
+                lse = torch.logsumexp(dots, dim=-1, keepdim=True)
+                probs = torch.exp(dots - lse)
+                sv = _gather_rows(v_p, ki)
+                if self_attn:
+                    out = probs[..., :-1] @ sv + probs[..., -1:] * _gather_rows(v_self, qi)
+                else:
+                    out = probs @ sv
+                # un-sort: write the group's rows at their original positions
+                flat = qi.reshape(bsz, heads, -1)
+                out_u.scatter_(2, flat.unsqueeze(-1).expand(-1, -1, -1, dv), out.reshape(bsz, heads, -1, dv))
+                lse_u.scatter_(2, flat, lse.reshape(bsz, heads, -1))
+            # --- combine rounds: weights softmax over rounds of the log-normalisers (online) ---
+            if acc is None:
+                acc, m_run, s_run = out_u, lse_u, torch.ones_like(lse_u)
+            else:
+                m_new = torch.maximum(m_run, lse_u)
+                a, w = torch.exp(m_run - m_new), torch.exp(lse_u - m_new)
+                acc = acc * a.unsqueeze(-1) + out_u * w.unsqueeze(-1)
+                s_run = s_run * a + w
+                m_run = m_new
         self._stats = {"n_chunks": float(n_chunks)}
-        return (out * weights).sum(dim=2)
+        return (acc / s_run.unsqueeze(-1))[:, :, :nq]

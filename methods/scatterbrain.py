@@ -21,7 +21,9 @@ Departures (documented):
   chi(d) norms, the reference's ``ortho_scaling=0``), drawn from the run's generator on every
   call (the reference draws once per module; the KDEformer scripts build a new module per call).
 * Local windows are computed blockwise (blocks of ``local_context`` queries against a contiguous
-  key span): memory O(n·local_context), no custom CUDA kernel.
+  key span), a cache-sized group of blocks at a time together with those queries' features and
+  low-rank terms (the same per-row arithmetic, without n-sized temporaries): memory
+  O(n·(d + nb_features)) plus O(group·local_context²), no custom CUDA kernel.
 * Cross-attention (Nq != Nk): query i is centred at key position floor(i·Nk/Nq). The KDEformer
   BigGAN script instead ran the module on chunks of 1024 of the 4096 queries (query i centred
   at key i mod 1024); both are positional conventions without spatial meaning.
@@ -43,6 +45,7 @@ from .base import AttentionMethod, check_positive_int, resolve_budget
 from .performer import draw_orthogonal_features
 
 LR_CLAMP = 1e-24  # floor of the low-rank part of the normaliser (as in the reference)
+_BLOCK_ELEMS = 1 << 21  # score entries per group of query blocks
 
 
 def sb_features(x: Tensor, proj: Tensor, scale: float, *, is_query: bool) -> tuple[Tensor, Tensor]:
@@ -129,52 +132,66 @@ class ScatterBrain(AttentionMethod):
 
         # --- low-rank features -------------------------------------------------------
         proj = draw_orthogonal_features(self.nb_features // 2, d, self.generator(dev), dev, q.dtype)
-        qf, q_ls = sb_features(q, proj, scale, is_query=True)
         kf, k_ls = sb_features(k, proj, scale, is_query=False)
-        prime_log_scale = q_ls + k_ls  # (B, H, Nq, 1)
-
         if causal:
-            lr_num, lr_den = _prefix_lowrank(qf, kf, v, chunk=max(16, min(bq, 256)))
+            qf_all, q_ls_all = sb_features(q, proj, scale, is_query=True)
+            lr_num_all, lr_den_all = _prefix_lowrank(qf_all, kf, v, chunk=max(16, min(bq, 256)))
         else:
-            lr_num = qf @ (kf.transpose(-1, -2) @ v)
-            lr_den = qf @ kf.sum(dim=2).unsqueeze(-1)
-            lr_den = lr_den.squeeze(-1)
+            context = kf.transpose(-1, -2) @ v  # (B, H, m, Dv)
+            kf_sum = kf.sum(dim=2).unsqueeze(-1)  # (B, H, m, 1)
 
-        # --- local window, blockwise ------------------------------------------------
+        # --- local window, a group of query blocks at a time -----------------------
+        # Everything below is per query row, so it is evaluated group by group (cache-sized
+        # temporaries, O(group·bq·span) memory) and written into ``out``.
         nq_pad = n_blocks * bq
-        kidx = span_start[:, None] + torch.arange(span, device=dev)  # (n_blocks, span) key positions
-        kvalid = (kidx >= 0) & (kidx < nk)
-        kidx_c = kidx.clamp(0, nk - 1).reshape(-1)
-        kb = k.index_select(2, kidx_c).reshape(bsz, heads, n_blocks, span, d)
-        kfb = kf.index_select(2, kidx_c).reshape(bsz, heads, n_blocks, span, -1)
-        vb = v.index_select(2, kidx_c).reshape(bsz, heads, n_blocks, span, dv)
-
-        def blocks(x: Tensor) -> Tensor:
-            if nq_pad > nq:
-                x = F.pad(x, (0, 0, 0, nq_pad - nq))
-            return x.reshape(bsz, heads, n_blocks, bq, x.shape[-1])
-
-        qb, qfb = blocks(q), blocks(qf)
-        qpos = torch.arange(nq_pad, device=dev).reshape(n_blocks, bq, 1)
+        q_p = F.pad(q, (0, 0, 0, nq_pad - nq)) if nq_pad > nq else q
         start_p = F.pad(start, (0, nq_pad - nq), value=0).reshape(n_blocks, bq, 1)
-        kpos = kidx.unsqueeze(1)  # (n_blocks, 1, span)
-        in_window = (kpos >= start_p) & (kpos < start_p + w) & kvalid.unsqueeze(1) & (qpos < nq)
-        if causal:
-            in_window = in_window & (kpos <= qpos)
+        group = max(1, _BLOCK_ELEMS // (bsz * heads * bq * max(span, self.nb_features)))
+        out = torch.empty(bsz, heads, nq_pad, dv, dtype=q.dtype, device=dev)
+        for b0 in range(0, n_blocks, group):
+            b1 = min(n_blocks, b0 + group)
+            g, r0, r1 = b1 - b0, b0 * bq, b1 * bq
+            kidx = span_start[b0:b1, None] + torch.arange(span, device=dev)  # (g, span) key positions
+            kvalid = (kidx >= 0) & (kidx < nk)
+            kidx_c = kidx.clamp(0, nk - 1).reshape(-1)
+            kb = k.index_select(2, kidx_c).reshape(bsz, heads, g, span, d)
+            kfb = kf.index_select(2, kidx_c).reshape(bsz, heads, g, span, -1)
+            vb = v.index_select(2, kidx_c).reshape(bsz, heads, g, span, dv)
+            qg = q_p[:, :, r0:r1]
+            if causal:
+                rows = slice(r0, min(r1, nq))
+                pad_g = r1 - min(r1, nq)
 
-        qk = (qb @ kb.transpose(-1, -2)) * scale  # (B, H, n_blocks, bq, span)
-        qk = qk.masked_fill(~in_window, float("-inf"))
-        dots_prime = (qfb @ kfb.transpose(-1, -2)).masked_fill(~in_window, 0.0)
+                def rows_of(x: Tensor) -> Tensor:
+                    x = x[:, :, rows]
+                    return F.pad(x, (0, 0, 0, pad_g)) if pad_g else x
 
-        def unblock(x: Tensor) -> Tensor:
-            return x.reshape(bsz, heads, nq_pad, *x.shape[4:])[:, :, :nq]
+                qf, q_ls = rows_of(qf_all), rows_of(q_ls_all)
+                lr_num, lr_den = rows_of(lr_num_all), rows_of(lr_den_all.unsqueeze(-1))
+            else:
+                qf, q_ls = sb_features(qg, proj, scale, is_query=True)
+                lr_num, lr_den = qf @ context, qf @ kf_sum  # (B, H, g·bq, Dv), (B, H, g·bq, 1)
+            prime_log_scale = q_ls + k_ls  # (B, H, g·bq, 1)
 
-        qk_lse = unblock(torch.logsumexp(qk, dim=-1, keepdim=True))  # (B, H, Nq, 1)
-        lr_rest = (lr_den.unsqueeze(-1) - unblock(dots_prime.sum(-1, keepdim=True))).clamp_min(LR_CLAMP)
-        log_norm = torch.logaddexp(qk_lse, torch.log(lr_rest) + prime_log_scale)
-        log_norm_b = blocks(log_norm)
-        prime_scale = torch.exp(prime_log_scale - log_norm)  # (B, H, Nq, 1)
-        weights = torch.exp(qk - log_norm_b) - dots_prime * blocks(prime_scale)
-        out_local = unblock(weights @ vb)
+            qpos = torch.arange(r0, r1, device=dev).reshape(g, bq, 1)
+            kpos = kidx.unsqueeze(1)  # (g, 1, span)
+            sp = start_p[b0:b1]
+            in_window = (kpos >= sp) & (kpos < sp + w) & kvalid.unsqueeze(1) & (qpos < nq)
+            if causal:
+                in_window = in_window & (kpos <= qpos)
+
+            qb = qg.reshape(bsz, heads, g, bq, d)
+            qk = (qb @ kb.transpose(-1, -2)) * scale  # (B, H, g, bq, span)
+            qk = qk.masked_fill(~in_window, float("-inf"))
+            dots_prime = (qf.reshape(bsz, heads, g, bq, -1) @ kfb.transpose(-1, -2)).masked_fill(~in_window, 0.0)
+
+            qk_lse = torch.logsumexp(qk, dim=-1, keepdim=True).reshape(bsz, heads, g * bq, 1)
+            lr_rest = (lr_den - dots_prime.sum(-1).reshape(bsz, heads, g * bq, 1)).clamp_min(LR_CLAMP)
+            log_norm = torch.logaddexp(qk_lse, torch.log(lr_rest) + prime_log_scale)
+            prime_scale = torch.exp(prime_log_scale - log_norm)  # (B, H, g·bq, 1)
+            weights = torch.exp(qk - log_norm.reshape(bsz, heads, g, bq, 1)) - dots_prime * prime_scale.reshape(
+                bsz, heads, g, bq, 1)
+            out_local = (weights @ vb).reshape(bsz, heads, g * bq, dv)
+            out[:, :, r0:r1] = out_local + lr_num * prime_scale
         self._stats = {"local_context": float(w), "nb_features": float(self.nb_features)}
-        return out_local + lr_num * prime_scale
+        return out[:, :, :nq]

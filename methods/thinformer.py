@@ -24,7 +24,10 @@ Departures: the symmetrising coin is drawn per (batch, head, bucket) (the offici
 coin for the whole call although its docstring says per batch); no ``torch.compile``/CUDA graphs.
 The signed walk inside kernel halving is sequential by nature: it is a Python loop over the pair
 positions of a bucket (at most ``2**g·sqrt(n)`` steps per round, ~``2**(g+1)·sqrt(n)`` in all),
-vectorised over batch, heads and buckets. Memory per round is ``n · 4**(g+1)`` kernel entries per
+vectorised over batch, heads and buckets (the kernel, which only picks indices, is computed
+without autograd and in place). The final attention of all Nq queries over ~``2**g·sqrt(n)``
+coreset keys costs O(Nq·2**g·sqrt(n)·d): at fixed ``g`` latency grows like n^1.5 by design.
+Memory per round is ``n · 4**(g+1)`` kernel entries per
 (batch, head), never Nk × Nk unless ``4**(g+1) >= n``. Bidirectional only (the official code has
 no causal variant); Nq != Nk is fine since only keys are thinned.
 """
@@ -54,21 +57,25 @@ def _halve(key: Tensor, value: Tensor, shift: Tensor, b_sqd: Tensor, delta_k: fl
     """
     G, A, S, E = key.shape
     m = S // 2
-    # weighted attention kernel on the bucket
-    kern = torch.exp(key @ key.transpose(-1, -2) - shift) * (value @ value.transpose(-1, -2) + b_sqd)
-    # kernel between pair differences x_{2i} - x_{2i+1}
-    kd = kern[..., 0::2] - kern[..., 1::2]
-    kd = (kd[..., 0::2, :] - kd[..., 1::2, :]).contiguous()  # (G, A, m, m)
+    # weighted attention kernel on the bucket (it only picks indices: no autograd, in place)
+    with torch.no_grad():
+        kern = (key @ key.transpose(-1, -2)).sub_(shift).exp_().mul_((value @ value.transpose(-1, -2)).add_(b_sqd))
+        # kernel between pair differences x_{2i} - x_{2i+1}
+        kd = kern[..., 0::2] - kern[..., 1::2]
+        del kern
+        kd = kd[..., 0::2, :] - kd[..., 1::2, :]  # (G, A, m, m), contiguous
     diag_rt = kd.diagonal(dim1=-2, dim2=-1).clamp_min(0).sqrt()
     log_mult = 0.5 + math.log(2 * S / delta_k)
     u = torch.rand(G, A, m, device=key.device, dtype=key.dtype, generator=gen)
     thresh = (2 * u - 1) * log_mult * diag_rt * torch.cummax(diag_rt, dim=-1).values
-    swap = torch.zeros(G, A, m, device=key.device, dtype=torch.bool)
     run = kd[..., 0, :].clone()  # inner products of the signed running sum with every pair difference
-    for i in range(1, m):
+    plus, minus = run.new_ones(()), -run.new_ones(())
+    steps = [torch.zeros(G, A, device=key.device, dtype=torch.bool)]
+    for i in range(1, m):  # three tensor ops per step: the loop is launch-bound
         s_i = thresh[..., i] <= run[..., i]
-        swap[..., i] = s_i
-        run.addcmul_((1 - 2 * s_i.to(run.dtype)).unsqueeze(-1), kd[..., i, :])
+        steps.append(s_i)
+        run.addcmul_(torch.where(s_i, minus, plus).unsqueeze(-1), kd[..., i, :])
+    swap = torch.stack(steps, dim=-1)
     coin = torch.rand(G, A, 1, device=key.device, generator=gen) < 0.5
     swap = swap ^ coin
     idx = swap.long() + torch.arange(0, S, 2, device=key.device)

@@ -28,7 +28,12 @@ Departures (same mathematics, different arithmetic, for speed):
   have exactly the distribution of plain RPCholesky, but the O(n·r²) work becomes matrix-matrix
   products (candidates are drawn with ``torch.multinomial``; the b×b rejection loop runs in
   float64 NumPy). ``block=1`` is the plain algorithm with Gumbel-max pivots, as in the official
-  code; on CPU ``block=32`` is 2-3× faster at n=4096.
+  code; on CPU ``block=32`` is 2-3× faster at n=4096. Each round writes its b rows of F in place
+  (rejected candidates leave zero rows, dropped after the triangular solve), and the kernel
+  rows come from one product with h = |x|²/2 folded in as two extra coordinates.
+- For speed on long sequences (same results): the coreset is built for a few (batch·head) rows
+  at a time when F would exceed ``GROUP_ELEMS`` entries (its memory is reused between groups),
+  and the weighted attention runs over blocks of queries (``QUERY_TILE`` scores at a time).
 - Residual-diagonal entries ≤ 64·machine-eps (G's diagonal is 1, so this is rounding noise) are
   set to 0, and a pivot drawn when the residual is exhausted (every key represented exactly, e.g.
   duplicated keys) is left empty: a zero row of F, weight 0, value 0. The official code would
@@ -52,6 +57,8 @@ TWO_RHO_0 = 6.383202050647408  # official compresskv.py (Lambert-W rule): 2·sqr
 DENOM_EPS = 1e-20  # official threshold below which the output is set to 0
 NOISE = 64  # residual-diagonal entries ≤ NOISE·machine-eps are rounding noise and set to 0
 TEMPERATURE_RULES = ("rho", "lambert")
+QUERY_TILE = 1 << 21  # scores per query block in the PyTorch weighted attention (8 MB in fp32)
+GROUP_ELEMS = 1 << 24  # entries of the Cholesky factor built at once (64 MB in fp32); see compress_bins
 
 
 # ----------------------------------------------------------------------------- temperature
@@ -106,7 +113,17 @@ def rp_cholesky(
         hsq = 0.5 * x.square().sum(-1)  # (B, n)
     if block == 1:
         return _rpc_plain(x, hsq, r, generator)
-    return _rpc_accelerated(x, hsq, r, generator, block)
+    return _rpc_accelerated(_augment(x, hsq), r, generator, block)
+
+
+def _augment(x: Tensor, hsq: Tensor) -> Tensor:
+    """Z = [x, 1, -h] (B, n, E+2): Z'_c·Z_j = x_c·x_j - h_c - h_j with Z'_c = [x_c, -h_c, 1]."""
+    B, n, E = x.shape
+    Z = x.new_empty(B, n, E + 2)
+    Z[..., :E] = x
+    Z[..., E] = 1.0
+    Z[..., E + 1] = -hsq
+    return Z
 
 
 def _rpc_plain(x: Tensor, hsq: Tensor, r: int, gen: torch.Generator | None):
@@ -145,21 +162,54 @@ def _rpc_plain(x: Tensor, hsq: Tensor, r: int, gen: torch.Generator | None):
     return pivots, F, d
 
 
-def _rpc_accelerated(x: Tensor, hsq: Tensor, r: int, gen: torch.Generator | None, b: int):
-    """Accelerated RPCholesky (rejection sampling in blocks of b candidates)."""
-    B, n, _ = x.shape
-    dev, dt = x.device, x.dtype
-    F = torch.zeros(B, r + 1, n, device=dev, dtype=dt)  # row r: scratch for rejected candidates
-    pivots = torch.zeros(B, r + 1, device=dev, dtype=torch.long)
+class BlockedFactor(NamedTuple):
+    """Accelerated RPCholesky's raw output: one row of ``F`` per drawn candidate, in draw order.
+
+    F: (B, m, n) with G ≈ FᵀF; rows of rejected candidates are 0. pivots: (B, m) long (the drawn
+    candidate; 0 where rejected). accepted: (B, m) bool. d: (B, n) final residual diagonal.
+    Each element has at most r accepted rows (fewer only when its residual was exhausted).
+    """
+
+    F: Tensor
+    pivots: Tensor
+    accepted: Tensor
+    d: Tensor
+
+
+def _rpc_blocked(Z: Tensor, r: int, gen: torch.Generator | None, b: int,
+                 workspace: dict[str, Tensor] | None = None) -> BlockedFactor:
+    """Accelerated RPCholesky (rejection sampling in blocks of b candidates) on Z = [x, 1, -h].
+
+    Each round writes b rows of F in place (rejected candidates give zero rows), so no row is
+    moved; a round costs one (b × (E+2)) × ((E+2) × n) product for the kernel rows (h folded in as
+    two extra coordinates, see ``_augment``), one (b × m) × (m × n) update, and one
+    (b × b) × (b × n) product. ``workspace["F"]``, when given, is reused for F (and replaced when
+    too small); the returned F is then a view of it.
+    """
+    B, n, E2 = Z.shape
+    E = E2 - 2
+    dev, dt = Z.device, Z.dtype
+    hsq = -Z[..., E + 1]
+    key_side = Z.transpose(1, 2)  # (B, E+2, n)
+    swap = torch.arange(E2, device=dev)
+    swap[E], swap[E + 1] = E + 1, E  # [x_c, 1, -h_c] -> [x_c, -h_c, 1]
+    cap = b * (math.ceil(r / b) + 2)  # rows; grown if rejections need more rounds
+    F = None if workspace is None else workspace.get("F")
+    if F is None or F.shape[0] != B or F.shape[1] < cap or F.shape[2] != n or F.dtype != dt:
+        F = torch.empty(B, cap, n, device=dev, dtype=dt)
+    cap = F.shape[1]
+    pivots = torch.zeros(B, cap, device=dev, dtype=torch.long)
+    accepted = torch.zeros(B, cap, device=dev, dtype=torch.bool)
     d = torch.ones(B, n, device=dev, dtype=dt)
     logw = 2 * hsq
     count = torch.zeros(B, device=dev, dtype=torch.long)
     done = torch.zeros(B, device=dev, dtype=torch.bool)
     thr = NOISE * torch.finfo(dt).eps
     R = torch.empty(B, b, n, device=dev, dtype=dt)  # buffers reused every round
-    Fnew = torch.empty(B, b, n, device=dev, dtype=dt)
+    sq = torch.empty(B, b, n, device=dev, dtype=dt)
     dsub = torch.empty(B, n, device=dev, dtype=dt)
     hit = torch.empty(B, n, device=dev, dtype=dt)
+    m = 0  # rows of F written so far
     for _ in range(2 * r + 8):  # every round accepts its first candidate, so ≤ r rounds are needed
         # exhausted or full elements stop
         logp = torch.log(d) + logw
@@ -170,29 +220,55 @@ def _rpc_accelerated(x: Tensor, hsq: Tensor, r: int, gen: torch.Generator | None
         p = torch.where(done.unsqueeze(-1), torch.ones_like(logp), torch.exp(logp - torch.where(torch.isfinite(mx), mx, 0)))
         cand = torch.multinomial(p, b, replacement=True, generator=gen)  # (B, b)
         u = torch.rand(B, b, device=dev, dtype=dt, generator=gen)
-        m = int(count.max())
-        _gaussian_rows(x, hsq, cand, out=R)  # (B, b, n)
+        if m + b > F.shape[1]:
+            F = torch.cat((F[:, :m], torch.empty(B, m + 2 * b, n, device=dev, dtype=dt)), 1)
+            pivots = torch.cat((pivots[:, :m], torch.zeros(B, m + 2 * b, device=dev, dtype=torch.long)), 1)
+            accepted = torch.cat((accepted[:, :m], torch.zeros(B, m + 2 * b, device=dev, dtype=torch.bool)), 1)
+            cap = F.shape[1]
+        zc = Z.gather(1, cand.unsqueeze(-1).expand(B, b, E2))[..., swap]
+        torch.bmm(zc, key_side, out=R)
+        R.clamp_(max=0.0).exp_()  # G(cand, :) ≤ 1
         if m > 0:
             Fa = F[:, :m, :]
             Fc = Fa.gather(2, cand.unsqueeze(1).expand(B, m, b))  # (B, m, b)
             R.baddbmm_(Fc.transpose(1, 2), Fa, beta=1.0, alpha=-1.0)
         H = R.gather(2, cand.unsqueeze(1).expand(B, b, b))  # (B, b, b) residual block
         Linv, acc = _block_factor(H, d.gather(1, cand), u, cand, count, done, r, thr)
-        R.mul_(acc.unsqueeze(-1))
-        torch.bmm(Linv, R, out=Fnew)  # (B, b, n): the new Cholesky rows (0 for rejected candidates)
-        n_acc = count + acc.sum(1)
-        dest = torch.where(acc, count.unsqueeze(1) + acc.cumsum(1) - 1, torch.full_like(cand, r))
-        flat = (dest + torch.arange(B, device=dev).unsqueeze(1) * (r + 1)).reshape(-1)
-        F.view(B * (r + 1), n).index_copy_(0, flat, Fnew.reshape(B * b, n))  # rejected rows are 0
-        pivots.scatter_(1, dest, cand)
-        torch.sum(R.copy_(Fnew).square_(), 1, out=dsub)
+        Linv.mul_(acc.unsqueeze(1))  # rejected candidates contribute nothing
+        rows = F[:, m : m + b, :]
+        torch.bmm(Linv, R, out=rows)  # (B, b, n): the new Cholesky rows (0 for rejected candidates)
+        pivots[:, m : m + b] = torch.where(acc, cand, 0)
+        accepted[:, m : m + b] = acc
+        torch.sum(torch.mul(rows, rows, out=sq), 1, out=dsub)
         d.sub_(dsub)
         d.masked_fill_(d <= thr, 0.0)
         hit.zero_().scatter_add_(1, cand, acc.to(dt))
         d.masked_fill_(hit > 0, 0.0)
-        count = n_acc
-    live = torch.arange(r, device=dev) < count.unsqueeze(1)
-    return torch.where(live, pivots[:, :r], 0), F[:, :r], d
+        count = count + acc.sum(1)
+        m += b
+    if workspace is not None:
+        workspace["F"] = F
+    return BlockedFactor(F[:, :m], pivots[:, :m], accepted[:, :m], d)
+
+
+def _accepted_rows(accepted: Tensor, r: int) -> tuple[Tensor, Tensor]:
+    """Indices (B, r) of the accepted rows in order, and a (B, r) mask of the real ones (an
+    exhausted element has fewer than r; its extra entries point at row 0 and are masked)."""
+    B, m = accepted.shape
+    order = torch.arange(m, device=accepted.device).expand(B, m)
+    key = torch.where(accepted, order, order + m)  # accepted rows first, in order
+    idx = key.argsort(1)[:, :r] if m >= r else torch.cat((key.argsort(1), order.new_zeros(B, r - m)), 1)
+    real = torch.arange(r, device=accepted.device) < accepted.sum(1, keepdim=True)
+    return torch.where(real, idx, 0), real
+
+
+def _rpc_accelerated(Z: Tensor, r: int, gen: torch.Generator | None, b: int):
+    """Accelerated RPCholesky in ``rp_cholesky``'s compact form (rows of accepted pivots only)."""
+    fac = _rpc_blocked(Z, r, gen, b)
+    idx, real = _accepted_rows(fac.accepted, r)
+    n = Z.shape[1]
+    F = fac.F.gather(1, idx.unsqueeze(-1).expand(-1, -1, n)) * real.unsqueeze(-1)
+    return torch.where(real, fac.pivots.gather(1, idx), 0), F, fac.d
 
 
 def _block_factor(H: Tensor, d_drawn: Tensor, u: Tensor, cand: Tensor, count: Tensor, done: Tensor, r: int,
@@ -244,39 +320,90 @@ def compress_bins(
     rho: float = RHO,
     block: int = 1,
     generator: torch.Generator | None = None,
+    key_mean: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Weighted coreset of each row of a batch: keys (B, n, E), values (B, n, D) -> (k_S, Ṽ, w).
 
-    Keys should be centred already. ``q_scale`` (B, 1): the largest query norm (default: the
-    largest key norm, the official KV-cache mode). Returns k_S (B, r, E) unscaled keys, Ṽ (B, r, D)
-    and w (B, r) such that Σ_j exp(β q·k_j) v_j ≈ Σ_s exp(β q·k_s) Ṽ_s and Σ_j exp(β q·k_j) ≈
-    Σ_s exp(β q·k_s) w_s. If n ≤ r the input is returned with w = 1 (exact).
+    Keys must be centred, or ``key_mean`` (B, 1, E) is subtracted first. ``q_scale`` (B, 1): the
+    largest query norm (default: the largest key norm, the official KV-cache mode). Returns k_S
+    (B, r, E) centred unscaled keys, Ṽ (B, r, D) and w (B, r) such that Σ_j exp(β q·k_j) v_j ≈
+    Σ_s exp(β q·k_s) Ṽ_s and Σ_j exp(β q·k_j) ≈ Σ_s exp(β q·k_s) w_s. If n ≤ r the input is
+    returned with w = 1 (exact).
     """
     B, n, E = keys.shape
     if n <= r:
+        keys = keys if key_mean is None else keys - key_mean
         return keys, values, torch.ones(B, n, device=keys.device, dtype=keys.dtype)
+    # rows are independent: large problems run a few rows at a time so that the factor F
+    # (rows × ~r × n) stays near GROUP_ELEMS entries and its memory is reused between groups
+    rows = max(1, GROUP_ELEMS // ((r + 2 * block) * n))
+    kw = dict(temperature=temperature, rho=rho, block=block, generator=generator)
+    if rows >= B:
+        return _compress_rows(keys, values, r, scale, q_scale, key_mean, None, **kw)
+    workspace: dict[str, Tensor] = {}
+    parts = [
+        _compress_rows(keys[s : s + rows], values[s : s + rows], r, scale,
+                       None if q_scale is None else q_scale[s : s + rows],
+                       None if key_mean is None else key_mean[s : s + rows], workspace, **kw)
+        for s in range(0, B, rows)
+    ]
+    return tuple(torch.cat(p, 0) for p in zip(*parts))  # type: ignore[return-value]
+
+
+def _compress_rows(
+    keys: Tensor, values: Tensor, r: int, scale: float, q_scale: Tensor | None, key_mean: Tensor | None,
+    workspace: dict[str, Tensor] | None, *, temperature: str, rho: float, block: int,
+    generator: torch.Generator | None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``compress_bins`` on one group of rows (n > r); ``workspace`` keeps F's memory between groups."""
+    B, n, E = keys.shape
+    D = values.shape[-1]
     tiny = torch.finfo(keys.dtype).tiny ** 0.5
-    sq = keys.square().sum(-1)  # (B, n)
+    # Z = [x, 1, -h] with x = centred keys · √β/τ, h = |x|²/2, built in one buffer (see _augment)
+    Z = keys.new_empty(B, n, E + 2)
+    x = Z[..., :E]
+    if key_mean is None:
+        x.copy_(keys)
+    else:
+        torch.sub(keys, key_mean, out=x)
+    sq = torch.linalg.vector_norm(x, dim=-1).square_()  # (B, n) |centred key|²
     k_scale = sq.amax(-1, keepdim=True).sqrt().clamp_min(tiny)
     q_scale = k_scale if q_scale is None else q_scale.clamp_min(tiny)
     tau = kernel_temperature(scale, q_scale, k_scale, n, temperature, rho)
     mult = math.sqrt(scale) / tau  # (B, 1)
-    x = keys * mult.unsqueeze(-1)
+    x.mul_(mult.unsqueeze(-1))
     h = (0.5 * mult.square()) * sq  # (B, n): |x|²/2
-    pivots, F, _ = rp_cholesky(x, r, generator, block, hsq=h)
+    Z[..., E] = 1.0
+    Z[..., E + 1] = -h
+    if block == 1:
+        pivots, F, _ = _rpc_plain(x, h, r, generator)
+        accepted = None
+    else:  # rows of rejected candidates stay in F as zero rows; they are dropped after the solve
+        F, pivots, accepted, _ = _rpc_blocked(Z, r, generator, block, workspace)
+    del Z, x
+    m = F.shape[1]
     # Ṽ = diag(e^{-h_S}) U⁻¹ F diag(e^{h}) [V, 1], exponents split around the midpoint of h
     mid = 0.5 * (h.amax(-1, keepdim=True) + h.amin(-1, keepdim=True))
     e = torch.exp(h - mid).unsqueeze(-1)  # (B, n, 1)
-    rhs = torch.cat((torch.bmm(F, values * e), torch.bmm(F, e)), -1)  # (B, r, D+1)
-    U = F.gather(2, pivots.unsqueeze(1).expand(B, r, r))  # (B, r, r) upper triangular
-    diag = U.diagonal(dim1=1, dim2=2)
-    empty = diag == 0
+    ve = values.new_empty(B, n, D + 1)
+    torch.mul(values, e, out=ve[..., :D])
+    ve[..., D:] = e
+    rhs = torch.bmm(F, ve)  # (B, m, D+1)
+    del ve
+    U = F.gather(2, pivots.unsqueeze(1).expand(B, m, m))  # upper triangular (its lower part is not read)
+    empty = U.diagonal(dim1=1, dim2=2) == 0  # rejected candidates and exhausted pivots
     if bool(empty.any()):
-        U = U.masked_fill(empty.unsqueeze(-1), 0.0) + torch.diag_embed(empty.to(U.dtype))
+        U = U.masked_fill(empty.unsqueeze(-1) | empty.unsqueeze(1), 0.0) + torch.diag_embed(empty.to(U.dtype))
     sol = torch.linalg.solve_triangular(U, rhs, upper=True)
     sol *= torch.exp(mid - h.gather(1, pivots)).unsqueeze(-1)
     sol.masked_fill_(empty.unsqueeze(-1), 0.0)
+    if accepted is not None:  # keep the accepted rows, in order
+        idx, real = _accepted_rows(accepted, r)
+        pivots = pivots.gather(1, idx)
+        sol = sol.gather(1, idx.unsqueeze(-1).expand(B, r, sol.shape[-1])) * real.unsqueeze(-1)
     k_s = keys.gather(1, pivots.unsqueeze(-1).expand(B, r, E))
+    if key_mean is not None:
+        k_s = k_s - key_mean
     return k_s, sol[..., :-1], sol[..., -1]
 
 
@@ -287,12 +414,14 @@ def compress_sequence(
     num_bins: int,
     scale: float,
     q_scale: Tensor | None = None,
+    key_mean: Tensor | None = None,
     **kw: Any,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Bin a (B, n, ·) sequence into ``num_bins`` contiguous bins and compress each (official
     ``WildCat.forward``): r is padded to a multiple of the bin count, each bin keeps r/num_bins
     points, a leftover partial bin (n mod num_bins keys) is compressed to r/num_bins points too.
-    Bins are capped at n. Returns k_S, Ṽ, w with r' = r (+ one leftover bin) entries.
+    Bins are capped at n. ``key_mean`` (B, 1, E): subtracted from the keys (default: already
+    centred). Returns k_S (centred), Ṽ, w with r' = r (+ one leftover bin) entries.
     """
     B, n, E = keys.shape
     D = values.shape[-1]
@@ -307,28 +436,43 @@ def compress_sequence(
         q_bins = None
     kb = keys[:, :main].reshape(B * C, main // C, E)
     vb = values[:, :main].reshape(B * C, main // C, D)
-    ks, vs, w = compress_bins(kb, vb, bin_r, scale, q_bins, **kw)
+    km = None if key_mean is None else key_mean.reshape(B, 1, 1, E).expand(B, C, 1, E).reshape(B * C, 1, E)
+    ks, vs, w = compress_bins(kb, vb, bin_r, scale, q_bins, key_mean=km, **kw)
     ks, vs, w = ks.reshape(B, -1, E), vs.reshape(B, -1, D), w.reshape(B, -1)
     if rem:
-        kr, vr, wr = compress_bins(keys[:, main:], values[:, main:], bin_r, scale, q_scale, **kw)
+        kr, vr, wr = compress_bins(keys[:, main:], values[:, main:], bin_r, scale, q_scale, key_mean=key_mean, **kw)
         ks, vs, w = torch.cat((ks, kr), 1), torch.cat((vs, vr), 1), torch.cat((w, wr), 1)
     return ks, vs, w
 
 
 def weighted_attention(
-    q: Tensor, k_s: Tensor, v_s: Tensor, w: Tensor, scale: float, vmin: Tensor, vmax: Tensor
+    q: Tensor, k_s: Tensor, v_s: Tensor, w: Tensor, scale: float, vmin: Tensor, vmax: Tensor,
+    tile: int = QUERY_TILE,
 ) -> Tensor:
     """Reference (PyTorch) weighted attention: q (B, M, E), k_s (B, R, E), v_s (B, R, D), w (B, R),
     vmin/vmax (B, 1, D). out = P Ṽ / P w with P = exp(β q k_sᵀ - rowmax); 0 where P w ≤ 1e-20;
-    clamped to [vmin, vmax]."""
-    s = torch.bmm(q, k_s.transpose(1, 2)).mul_(scale)
-    s -= s.amax(-1, keepdim=True)
-    p = s.exp_()
-    den = torch.bmm(p, w.unsqueeze(-1))  # (B, M, 1)
-    out = torch.bmm(p, v_s)
-    ok = den > DENOM_EPS
-    out.div_(den.masked_fill_(~ok, 1.0)).masked_fill_(~ok, 0.0)
-    return out.clamp_(min=vmin, max=vmax)
+    clamped to [vmin, vmax]. Queries are processed in blocks of about ``tile`` scores (B·rows·R),
+    so the score block stays in cache; the result does not depend on ``tile``."""
+    B, M, _ = q.shape
+    R, D = k_s.shape[1], v_s.shape[-1]
+    vw = torch.cat((v_s, w.unsqueeze(-1)), -1)  # (B, R, D+1): P[Ṽ, w] in one product
+    kt = k_s.transpose(1, 2).contiguous()
+    out = q.new_empty(B, M, D)
+    rows = max(1, tile // max(1, B * R))
+    buf = q.new_empty(B, min(rows, M), R)
+    for i in range(0, M, rows):
+        qi = q[:, i : i + rows]
+        s = buf[:, : qi.shape[1]]
+        torch.baddbmm(s, qi, kt, beta=0.0, alpha=scale, out=s)  # β q kᵀ
+        s -= s.amax(-1, keepdim=True)
+        o = torch.bmm(s.exp_(), vw)  # (B, rows, D+1)
+        den = o[..., D:]
+        res = torch.div(o[..., :D], den, out=out[:, i : i + rows])
+        bad = den <= DENOM_EPS
+        if bool(bad.any()):
+            res.masked_fill_(bad, 0.0)
+        res.clamp_(min=vmin, max=vmax)
+    return out
 
 
 def _use_triton(t: Tensor) -> bool:
@@ -358,10 +502,9 @@ def wildcat_attention(
     """WildCat attention on (B, M, E), (B, n, E), (B, n, D) tensors. Returns (out, coreset size)."""
     vmin = v.amin(1, keepdim=True)
     vmax = v.amax(1, keepdim=True)
-    kc = k - k.mean(1, keepdim=True)
-    q_scale = q.square().sum(-1).amax(-1, keepdim=True).sqrt()
-    ks, vs, w = compress_sequence(kc, v, r, num_bins, scale, q_scale, temperature=temperature, rho=rho,
-                                  block=block, generator=generator)
+    q_scale = torch.linalg.vector_norm(q, dim=-1).amax(-1, keepdim=True)
+    ks, vs, w = compress_sequence(k, v, r, num_bins, scale, q_scale, k.mean(1, keepdim=True),
+                                  temperature=temperature, rho=rho, block=block, generator=generator)
     if use_triton is None:
         use_triton = _use_triton(q)
     if use_triton:

@@ -9,8 +9,9 @@ takes the rows whose ``experiment`` column is NAME and ``status`` is ok and writ
   columns: ``speedup`` (exact_latency_ms / latency_ms of the same run), ``is_degradation_pct``
   = (IS_exact − IS)/IS_exact·100 and ``fid_degradation_pct`` = max(0, FID − FID_exact)/FID_exact·100
   (exact matched by seed and the varying task columns; then averaged over seeds), and, when n
-  varies, ``latency_slope`` / ``mem_slope`` (least squares on log-log; exact's in
-  ``<NAME>_slopes.csv``);
+  varies, ``latency_slope`` / ``mem_slope`` (least squares on log-log over all n) and
+  ``latency_slope_large_n`` (over n ≥ LARGE_N = 4096 only, where fixed costs no longer hide the
+  growth); exact's in ``<NAME>_slopes.csv``;
 - ``<out>/figures/<NAME>_*.png|pdf``: error vs budget, error vs latency (Pareto), log-log latency
   and memory vs n with fitted slopes, accuracy / FID / IS vs speed-up, as the columns allow.
 
@@ -39,6 +40,7 @@ EXTRA_SUFFIXES = ("_speedup", "_latency_ms", "agreement")  # task-specific metri
 ROW_AXES = ["n", "batch", "heads", "causal"]  # row columns that become group keys when they vary
 BUDGET_COLUMNS = ["task.budget", "budget"]
 ERROR_COLUMNS = ["rel_spec_error", "rel_fro_error"]
+LARGE_N = 4096  # latency_slope_large_n fits n >= LARGE_N only
 SKIP_TASK = {"task.n", "task.cache_dir", "task.glove_path", "task.checkpoint", "task.data_root"}
 
 
@@ -135,7 +137,8 @@ def build_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         table[f"{c}_mean"] = g[c].mean()
         table[f"{c}_sd"] = g[c].std(ddof=1)
     table = table.reset_index()
-    slopes = pd.DataFrame(columns=["method", "knobs", "latency_slope", "mem_slope", "n_min", "n_max", "points"])
+    slopes = pd.DataFrame(columns=["method", "knobs", "latency_slope", "latency_slope_large_n", "mem_slope",
+                                   "n_min", "n_max", "points", "speedup_n", "speedup"])
     if "n" in keys:
         recs = []
         for (m, kn), d in table.groupby(["method", "knobs"], sort=False):
@@ -145,7 +148,8 @@ def build_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
             ex = table.groupby("n")[[c for c in ("exact_latency_ms_mean", "exact_peak_mem_mb_mean") if c in table]].mean()
             recs.append(_slope_rec("exact", "", ex.reset_index(), "exact_latency_ms_mean", "exact_peak_mem_mb_mean"))
         slopes = pd.DataFrame(recs)
-        table = table.merge(slopes[["method", "knobs", "latency_slope", "mem_slope"]], on=["method", "knobs"], how="left")
+        table = table.merge(slopes[["method", "knobs", "latency_slope", "latency_slope_large_n", "mem_slope"]],
+                            on=["method", "knobs"], how="left")
     order = {m: i for i, m in enumerate(plots.method_order(table["method"].unique()))}
     table["_o"] = table["method"].map(order)
     for k in keys:  # numeric sort of numeric keys
@@ -160,13 +164,21 @@ def _slope_rec(method: str, knobs: str, d: pd.DataFrame, lat: str, mem: str) -> 
     lat_s, _ = plots.fit_loglog_slope(n, d[lat]) if lat in d else (float("nan"), 0)
     mem_s, _ = plots.fit_loglog_slope(n, d[mem]) if mem in d else (float("nan"), 0)
     ok = d[lat].notna() if lat in d else n.notna()
-    return {"method": method, "knobs": knobs, "latency_slope": lat_s, "mem_slope": mem_s,
-            "n_min": int(n[ok].min()), "n_max": int(n[ok].max()), "points": int(ok.sum())}
+    large = (n >= LARGE_N) & ok
+    lat_l = plots.fit_loglog_slope(n[large], d[lat][large])[0] if lat in d and large.sum() >= 2 else float("nan")
+    rec = {"method": method, "knobs": knobs, "latency_slope": lat_s, "latency_slope_large_n": lat_l, "mem_slope": mem_s,
+           "n_min": int(n[ok].min()), "n_max": int(n[ok].max()), "points": int(ok.sum())}
+    if "speedup_mean" in d and d["speedup_mean"].notna().any():  # ratio to exact at the largest n that has one
+        last = d[d["speedup_mean"].notna()].assign(_n=n).sort_values("_n").iloc[-1]
+        rec.update(speedup_n=int(last["_n"]), speedup=float(last["speedup_mean"]))
+    return rec
 
 
 def _fmt(v: float) -> str:
     if v is None or not np.isfinite(v):
         return ""
+    if float(v).is_integer() and abs(v) < 1e15:
+        return str(int(v))
     return f"{v:.4g}"
 
 

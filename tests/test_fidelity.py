@@ -76,3 +76,19 @@ def test_smollm2_source_is_cached(tmp_path):
     assert (tmp_path / "smollm2_L3_n64_b1.pt").is_file()
     b = make_qkv(cfg, 64, 0, torch.device("cpu"), torch.float32)
     assert torch.equal(a["q"], b["q"]) and a["scale"] == b["scale"] == 0.125
+
+
+def test_exact_measured_once_per_process_and_shared():
+    """A second method on identical inputs reuses exact's measurement and output (exact_shared);
+    different inputs (another seed here via n) or share_exact=false measure again."""
+    import tasks.fidelity as fid
+
+    fid._exact_cache.clear()
+    cfg = dict(n=[24], heads=2, head_dim=8, source="gaussian")
+    first = run_task("exact", **cfg)[0]
+    second = run_task("performer", **cfg)[0]
+    assert first["exact_shared"] is False and second["exact_shared"] is True
+    assert second["exact_latency_ms"] == first["exact_latency_ms"]
+    assert second["rel_fro_error"] > 0  # compared with the shared exact output
+    assert run_task("performer", **{**cfg, "n": [32]})[0]["exact_shared"] is False
+    assert run_task("performer", **cfg, share_exact=False)[0]["exact_shared"] is False

@@ -161,4 +161,4 @@ def test_experiment_configs_compose_with_budget_coupling():
             assert {k: hp[k] for k in knobs} == knobs, name
         cfg = compose("config", overrides=["+experiment=scaling", "method=wildcat"])
         c = OmegaConf.to_container(cfg, resolve=True)
-        assert methods.build(c["method"]).hparams()["r"] == 256 and c["task"]["exact_max_n"] == 8192
+        assert methods.build(c["method"]).hparams()["r"] == 256 and c["task"]["exact_max_n"] == 65536

@@ -170,6 +170,55 @@ def test_seeded_sampling_repeats(block):
     assert torch.equal(p1, p2)
 
 
+def test_factor_grows_when_rejections_need_more_rounds():
+    """Clustered keys make accelerated RPCholesky reject many candidates: F outgrows its first
+    capacity, the workspace keeps the grown buffer, and the factor is still a valid Cholesky."""
+    import methods.wildcat as W
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 6, generator=g).mul(2).repeat_interleave(100, 1) + 0.05 * torch.randn(1, 400, 6, generator=g)
+    h = 0.5 * x.square().sum(-1)
+    ws = {}
+    fac = W._rpc_blocked(W._augment(x, h), 30, torch.Generator().manual_seed(0), 16, ws)
+    first_cap = 16 * (math.ceil(30 / 16) + 2)
+    assert fac.F.shape[1] > first_cap and ws["F"].shape[1] >= fac.F.shape[1]
+    assert int(fac.accepted.sum()) == 30
+    assert bool((fac.F[~fac.accepted].abs().sum(-1) == 0).all())  # rejected rows are zero
+    piv, Fm, d = rp_cholesky(x, 30, torch.Generator().manual_seed(0), 16)
+    G = torch.exp(-torch.cdist(x, x) ** 2 / 2)
+    assert torch.allclose((G - Fm.transpose(1, 2) @ Fm).diagonal(dim1=1, dim2=2).clamp_min(0), d, atol=1e-4)
+
+
+def test_grouped_compression_equals_row_by_row(monkeypatch):
+    """With a tiny GROUP_ELEMS the rows are compressed one at a time through a shared workspace:
+    the result must equal compressing each row alone with the same random stream."""
+    import methods.wildcat as W
+
+    q, k, v = qkv(n=200, heads=3)
+    keys, vals = k[0], v[0]  # (3, 200, ·)
+    mean = keys.mean(1, keepdim=True)
+    qs = q[0].norm(dim=-1).amax(-1, keepdim=True)
+    monkeypatch.setattr(W, "GROUP_ELEMS", 1)
+    grouped = W.compress_bins(keys, vals, 24, 0.2, qs, block=8, generator=torch.Generator().manual_seed(3),
+                              key_mean=mean)
+    monkeypatch.setattr(W, "GROUP_ELEMS", 1 << 30)
+    g = torch.Generator().manual_seed(3)
+    single = [W.compress_bins(keys[i : i + 1], vals[i : i + 1], 24, 0.2, qs[i : i + 1], block=8, generator=g,
+                              key_mean=mean[i : i + 1]) for i in range(3)]
+    for a, b in zip(grouped, (torch.cat(t, 0) for t in zip(*single))):
+        assert torch.equal(a, b)
+
+
+def test_weighted_attention_independent_of_query_tile():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 37, 8, generator=g), torch.randn(2, 11, 8, generator=g), torch.randn(2, 11, 5, generator=g))
+    w = torch.rand(2, 11, generator=g) + 0.1
+    vmin, vmax = v.amin(1, keepdim=True), v.amax(1, keepdim=True)
+    whole = weighted_attention(q, k, v, w, 0.4, vmin, vmax, tile=10**9)
+    for tile in (1, 22, 100):
+        torch.testing.assert_close(weighted_attention(q, k, v, w, 0.4, vmin, vmax, tile=tile), whole)
+
+
 def test_first_pivot_distribution_follows_weighted_diagonal():
     """First pivot ∝ exp(|x_i|²) (residual diagonal is 1): Gumbel-max frequencies match."""
     x = torch.tensor([[[0.0], [0.5], [1.0]]])

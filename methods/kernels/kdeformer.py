@@ -11,6 +11,11 @@ n × n, nor any sorted copy of q, k, v, is materialised.
 
 Runs on CUDA, and on the CPU under ``TRITON_INTERPRET=1`` (tests). fp16/bf16 operands go to
 ``tl.dot`` as they are (fp32 accumulation); fp32 operands use IEEE fp32 products (no TF32).
+
+Tile sizes are autotuned on the GPU over ``CONFIGS`` (keyed on the sizes and the block/sample
+counts; see ``_autotune``), pruned to tiles no larger than the query block / key block / sample
+count need; under ``TRITON_INTERPRET=1`` only the first config is used. Every config is correct
+for any sizes: query rows, keys, samples and head dims are masked.
 """
 from __future__ import annotations
 
@@ -21,7 +26,42 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._autotune import describe, keep_or_smallest, launch, tuning_space
 
+# GPU tuning space. First entry = the former choice for query/key blocks of >= 33 rows (64 x 64,
+# Triton's default 4 warps / 3 stages); it is the only one used under the interpreter. LSH blocks are
+# bucket_size long (often 64-256) and the sample loop is m long, so 16..128 tiles are tried, the
+# small ones with fewer warps; pruning drops tiles far larger than a block. All dims >= 16.
+CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=2, num_stages=2),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=2, num_stages=2),
+]
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep tiles no larger than (the next power of two of) a query block / key block or sample
+    count, and at most 32 x 32 tiles when BLOCK_D·BLOCK_DV > 128² (shared memory)."""
+    nb = max(1, int(named_args["n_blocks"]))
+    bq = -(-int(named_args["n_q"]) // nb)
+    bn = max(-(-int(named_args["n_k"]) // nb), int(named_args["n_samples"]))
+    m_cap, n_cap = max(16, triton.next_power_of_2(bq)), max(16, triton.next_power_of_2(bn))
+    wide = kwargs["BLOCK_D"] * kwargs["BLOCK_DV"] > 128 * 128
+
+    def ok(c):
+        bm, bn_ = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        return bm <= m_cap and bn_ <= n_cap and not (wide and max(bm, bn_) > 32)
+
+    return keep_or_smallest(configs, ok, lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
+
+
+@triton.autotune(configs=tuning_space(CONFIGS), key=["n_q", "n_k", "n_blocks", "n_samples", "d", "dv"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _kde_fwd(
     Q, K, V, O, QORD, KORD, SIDX, SBLK, SLW,
@@ -119,16 +159,19 @@ def _kde_fwd(
     )
 
 
-def kdeformer_attention(q: Tensor, k: Tensor, v: Tensor, plan: dict, scale: float) -> Tensor:
+def kdeformer_attention(
+    q: Tensor, k: Tensor, v: Tensor, plan: dict, scale: float, *, config: triton.Config | None = None
+) -> Tensor:
     """Evaluate a KDEformer plan with the fused kernel. q, k, v: (B, H, N, D) fp16/bf16/fp32.
 
     Returns (B, H, Nq, Dv) in q's dtype; same estimate as ``KDEformer.attend_torch``.
+    ``config`` (one of ``CONFIGS``, for tests) bypasses autotuning and runs that config.
     """
     if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"the KDEformer Triton kernel takes fp16, bf16 or fp32 inputs, got {q.dtype}.")
     B, H, Nq, D = q.shape
     Nk, Dv = k.shape[2], v.shape[-1]
-    nb, bk, bq, m = plan["nb"], plan["bk"], plan["bq"], plan["m"]
+    nb, bq, m = plan["nb"], plan["bq"], plan["m"]
     q_, k_, v_ = (t.contiguous() for t in (q, k, v))
     qord = plan["q_order"].contiguous()
     kord = plan["k_order"].contiguous()
@@ -143,15 +186,14 @@ def kdeformer_attention(q: Tensor, k: Tensor, v: Tensor, plan: dict, scale: floa
     out = torch.empty(B, H, Nq, Dv, device=q.device, dtype=q.dtype)
     block_d = max(16, triton.next_power_of_2(D))
     block_dv = max(16, triton.next_power_of_2(Dv))
-    block_m = 64 if bq > 32 else (32 if bq > 16 else 16)
-    block_n = 64 if max(bk, m) > 32 else (32 if max(bk, m) > 16 else 16)
-    if block_d * block_dv > 128 * 128:  # large head dims: smaller tiles to stay within shared memory
-        block_m, block_n = min(block_m, 32), min(block_n, 32)
-    grid = (triton.cdiv(bq, block_m), nb, B * H)
-    _kde_fwd[grid](
-        q_, k_, v_, out, qord, kord, sidx, sblk, slw,
-        Nq, Nk, nb, m, D, Dv, float(scale) * math.log2(math.e),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        IEEE=q.dtype == torch.float32,
-    )
+    args = (q_, k_, v_, out, qord, kord, sidx, sblk, slw, Nq, Nk, nb, m, D, Dv, float(scale) * math.log2(math.e))
+    meta = {"BLOCK_D": block_d, "BLOCK_DV": block_dv, "IEEE": q.dtype == torch.float32}
+    grid = lambda c: (triton.cdiv(bq, c["BLOCK_M"]), nb, B * H)  # noqa: E731
+    launch(_kde_fwd, grid, args, meta, config)
     return out
+
+
+def chosen_config() -> str | None:
+    """The config the autotuner used in the last autotuned call (None before any)."""
+    best = getattr(_kde_fwd, "best_config", None)
+    return None if best is None else describe(best)

@@ -11,6 +11,11 @@ update an online softmax over kept keys. Blocks with nothing kept skip the full-
 The integer-valued operands are exact in fp16 (|values| <= 240), and their products
 accumulate exactly in fp32, so the keep decisions match the PyTorch path bit for bit.
 This is the suite's kernel (the paper publishes no code); it targets correctness first.
+
+Tile sizes are autotuned on the GPU over ``CONFIGS`` (each pass separately, keyed on the sizes,
+causality and score type; see ``_autotune``); under ``TRITON_INTERPRET=1`` only the first config
+(the former fixed 32 x 32) is used. Outputs and kept counts do not depend on the config; the
+skipped-block fraction does (it counts BLOCK_M x BLOCK_N tiles), so it describes the chosen tiling.
 """
 from __future__ import annotations
 
@@ -19,7 +24,40 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._autotune import describe, keep_or_smallest, launch, tuning_space
 
+# GPU tuning space, shared by both passes. First entry = the former fixed choice (32 x 32, Triton's
+# default 4 warps / 3 stages); it is the only one used under the interpreter. Small tiles skip more
+# (the keep test is per tile), large ones use the tensor cores better: 16..128 query rows and
+# 32..64 keys are tried. All dims >= 16 (tl.dot).
+CONFIGS = [
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=2, num_stages=3),
+]
+MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in CONFIGS)  # sizes the per-tile counter buffer
+
+
+def _prune(configs, named_args, **kwargs):
+    """Keep tiles no larger than (the next power of two of) Nq / Nk, and at most 64 x 64 tiles
+    when a head dim exceeds 128 (shared memory, registers)."""
+    m_cap = max(16, triton.next_power_of_2(int(named_args["Nq"])))
+    n_cap = max(16, triton.next_power_of_2(int(named_args["Nk"])))
+    wide = max(kwargs["BLOCK_D"], kwargs.get("BLOCK_DV", 0)) > 128
+
+    def ok(c):
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        return bm <= m_cap and bn <= n_cap and not (wide and max(bm, bn) > 64)
+
+    return keep_or_smallest(configs, ok, lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
+
+
+@triton.autotune(configs=tuning_space(CONFIGS), key=["Nq", "Nk", "D", "CAUSAL"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _latte_rowmax(
     QH, KH, MAXHH,
@@ -52,16 +90,20 @@ def _latte_rowmax(
     tl.store(MAXHH + bh * Nq + offs_m, m_i, mask=offs_m < Nq)
 
 
+# BLOCKS is zeroed before every timing run: a config with fewer query tiles leaves slots unwritten.
+@triton.autotune(configs=tuning_space(CONFIGS), key=["Nq", "Nk", "D", "DV", "CAUSAL", "INT8"],
+                 prune_configs_by={"early_config_prune": _prune}, reset_to_zero=["BLOCKS"])
 @triton.jit
 def _latte_attend(
     Q, K, V, QH, QL, KH, KL16, KI, C, THETA, MAXHH, OUT, KEPT, BLOCKS,
     stride_qb, stride_qn, stride_kb, stride_kn, stride_vb, stride_vn, stride_ob, stride_on,
-    H, Nq, Nk, D, DV, n_mblocks, scale,
+    H, Nq, Nk, D, DV, scale,
     CAUSAL: tl.constexpr, INT8: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
+    n_mblocks = tl.num_programs(0)
     h = bh % H
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
@@ -138,11 +180,12 @@ def latte_attention_triton(
     q: Tensor, k: Tensor, v: Tensor,
     q_hi: Tensor, q_lo: Tensor, k_hi: Tensor, k_lo: Tensor, k_int: Tensor,
     c: Tensor, theta: Tensor, *, causal: bool, score: str, scale: float,
-    block_m: int = 32, block_n: int = 32,
+    config: triton.Config | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, float]:
     """LATTE forward. Tensors (B, H, N, D) float32; c (B, H, 1, 1) = s_q·s_k·scale; theta (H,).
 
     Returns (out, kept per row (B, H, Nq), valid keys per row (B, H, Nq), skipped-block fraction).
+    ``config`` (one of ``CONFIGS``, for tests) bypasses autotuning and runs it in both passes.
     """
     B, H, Nq, D = q.shape
     Nk, DV = k.shape[2], v.shape[-1]
@@ -152,24 +195,22 @@ def latte_attention_triton(
     kh, kl16, ki = f32(k_hi), f32(16 * k_lo), f32(k_int)
     cc = c.to(torch.float32).reshape(B * H).contiguous()
     th = theta.to(device=q.device, dtype=torch.float32).contiguous()
-    n_mblocks = triton.cdiv(Nq, block_m)
     maxhh = torch.empty(B * H, Nq, device=q.device, dtype=torch.float32)
     out = torch.empty(B * H, Nq, DV, device=q.device, dtype=torch.float32)
     kept = torch.empty(B * H, Nq, device=q.device, dtype=torch.int32)
-    blocks = torch.zeros(B * H * n_mblocks * 2, device=q.device, dtype=torch.int32)
-    grid = (n_mblocks, B * H)
+    # (tiles visited, tiles computed) per query tile; sized for the smallest BLOCK_M, unused slots stay 0.
+    min_bm = MIN_BLOCK_M if config is None else min(MIN_BLOCK_M, config.kwargs["BLOCK_M"])
+    blocks = torch.zeros(B * H * triton.cdiv(Nq, min_bm) * 2, device=q.device, dtype=torch.int32)
+    grid = lambda cfg: (triton.cdiv(Nq, cfg["BLOCK_M"]), B * H)  # noqa: E731
     BD, BDV = _pow2(D), _pow2(DV)
-    _latte_rowmax[grid](
-        qh, kh, maxhh, qh.stride(0), qh.stride(1), kh.stride(0), kh.stride(1), Nq, Nk, D,
-        CAUSAL=causal, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD,
-    )
-    _latte_attend[grid](
-        qf, kf, vf, qh, ql, kh, kl16, ki, cc, th, maxhh, out, kept, blocks,
-        qf.stride(0), qf.stride(1), kf.stride(0), kf.stride(1), vf.stride(0), vf.stride(1), out.stride(0), out.stride(1),
-        H, Nq, Nk, D, DV, n_mblocks, float(scale),
-        CAUSAL=causal, INT8=(score == "int8"),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=BD, BLOCK_DV=BDV,
-    )
+    launch(_latte_rowmax, grid,
+           (qh, kh, maxhh, qh.stride(0), qh.stride(1), kh.stride(0), kh.stride(1), Nq, Nk, D),
+           {"CAUSAL": causal, "BLOCK_D": BD}, config)
+    launch(_latte_attend, grid,
+           (qf, kf, vf, qh, ql, kh, kl16, ki, cc, th, maxhh, out, kept, blocks,
+            qf.stride(0), qf.stride(1), kf.stride(0), kf.stride(1), vf.stride(0), vf.stride(1),
+            out.stride(0), out.stride(1), H, Nq, Nk, D, DV, float(scale)),
+           {"CAUSAL": causal, "INT8": score == "int8", "BLOCK_D": BD, "BLOCK_DV": BDV}, config)
     rows = torch.arange(Nq, device=q.device)
     if causal:
         valid = (rows + 1 + (Nk - Nq)).clamp(0, Nk)
@@ -179,3 +220,9 @@ def latte_attention_triton(
     b = blocks.view(-1, 2).sum(0).tolist()
     skipped = 1.0 - b[1] / max(b[0], 1)
     return out.view(B, H, Nq, DV).to(q.dtype), kept.view(B, H, Nq), valid, skipped
+
+
+def chosen_config() -> str | None:
+    """The config the autotuner used for the attend pass in the last autotuned call (None before any)."""
+    best = getattr(_latte_attend, "best_config", None)
+    return None if best is None else describe(best)

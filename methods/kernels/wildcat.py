@@ -6,6 +6,10 @@ reference is ``methods.wildcat.weighted_attention``. One program handles BLOCK_M
 (batch·head) and streams the coreset in BLOCK_R tiles with a running maximum (flash-attention
 style), so the (M × R) score matrix is never stored. Products use IEEE fp32 (no TF32): the weights
 w can be signed and the quotient is sensitive to rounding in the denominator.
+
+Tile sizes are autotuned on the GPU over ``CONFIGS`` (keyed on M, R, E, D; see ``_autotune``);
+under ``TRITON_INTERPRET=1`` only the first config (the former fixed choice) is used. Every config
+is correct for any sizes: rows, coreset entries and head dims are masked.
 """
 from __future__ import annotations
 
@@ -14,9 +18,39 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from ._autotune import describe, keep_or_smallest, launch, tuning_space
+
 DENOM_EPS = 1e-20
 
+# GPU tuning space. First entry = the former fixed choice (BLOCK_M=64, BLOCK_R=32, Triton's default
+# 4 warps / 3 stages); it is the only one used under the interpreter. M (queries) is usually long and
+# R (coreset) a few hundred, so tall query tiles with 8 warps are tried; BLOCK_R 64 halves the loop
+# trips for large coresets; 32-row tiles cover short inputs and large head dims. All dims >= 16.
+CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_R": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_R": 64}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_R": 32}, num_warps=8, num_stages=2),
+    triton.Config({"BLOCK_M": 128, "BLOCK_R": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 32, "BLOCK_R": 32}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 32, "BLOCK_R": 64}, num_warps=4, num_stages=3),
+]
 
+
+def _prune(configs, named_args, **kwargs):
+    """Drop tiles far larger than the problem, and large tiles for head dims above 128."""
+    m_cap = max(32, triton.next_power_of_2(int(named_args["M"])))
+    r_cap = max(32, triton.next_power_of_2(int(named_args["R"])))
+    wide = max(kwargs["E_P"], kwargs["D_P"]) > 128
+
+    def ok(c):
+        bm, br = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_R"]
+        return bm <= m_cap and br <= r_cap and not (wide and (bm > 64 or br > 32))
+
+    return keep_or_smallest(configs, ok, lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_R"])
+
+
+@triton.autotune(configs=tuning_space(CONFIGS), key=["M", "R", "E", "D"],
+                 prune_configs_by={"early_config_prune": _prune})
 @triton.jit
 def _wildcat_wattn_kernel(
     Q, K, V, W, VMIN, VMAX, O,
@@ -70,9 +104,12 @@ def _wildcat_wattn_kernel(
 
 def weighted_attention_triton(
     q: Tensor, k_s: Tensor, v_s: Tensor, w: Tensor, scale: float, vmin: Tensor, vmax: Tensor,
-    block_m: int = 64, block_r: int = 32,
+    *, config: triton.Config | None = None,
 ) -> Tensor:
-    """q (B, M, E), k_s (B, R, E), v_s (B, R, D), w (B, R), vmin/vmax (B, 1, D) -> (B, M, D) fp32."""
+    """q (B, M, E), k_s (B, R, E), v_s (B, R, D), w (B, R), vmin/vmax (B, 1, D) -> (B, M, D) fp32.
+
+    ``config`` (one of ``CONFIGS``, for tests) bypasses autotuning and runs that config.
+    """
     B, M, E = q.shape
     R, D = k_s.shape[1], v_s.shape[-1]
     q, k_s, v_s, w = (t.float() for t in (q, k_s, v_s, w))
@@ -81,12 +118,18 @@ def weighted_attention_triton(
     out = torch.empty(B, M, D, device=q.device, dtype=torch.float32)
     e_p = max(16, triton.next_power_of_2(E))
     d_p = max(16, triton.next_power_of_2(D))
-    grid = (triton.cdiv(M, block_m), B)
-    _wildcat_wattn_kernel[grid](
+    args = (
         q, k_s, v_s, w, vmin, vmax, out,
         M, R, E, D,
         *q.stride(), *k_s.stride(), *v_s.stride(), *w.stride(), *vmin.stride(), *out.stride(),
         float(scale),
-        BLOCK_M=block_m, BLOCK_R=block_r, E_P=e_p, D_P=d_p,
     )
+    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), B)  # noqa: E731
+    launch(_wildcat_wattn_kernel, grid, args, {"E_P": e_p, "D_P": d_p}, config)
     return out
+
+
+def chosen_config() -> str | None:
+    """The config the autotuner used in the last autotuned call (None before any)."""
+    best = getattr(_wildcat_wattn_kernel, "best_config", None)
+    return None if best is None else describe(best)
