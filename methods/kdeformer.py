@@ -47,6 +47,7 @@ from . import register
 from .base import AttentionMethod, check_positive_int
 
 _POWER_SQUARINGS = 5  # 2**5 = 32 power iterations, as vit_models/kdeformer.py
+_BLOCK_ELEMS = 1 << 21  # score entries per group of query blocks in the PyTorch path
 
 
 def gray_rank(code: Tensor) -> Tensor:
@@ -196,50 +197,90 @@ class KDEformer(AttentionMethod):
     def attend_torch(
         q: Tensor, k: Tensor, v: Tensor, plan: dict, scale: float, *, normalize: bool = True
     ) -> Tensor | tuple[Tensor, Tensor]:
-        """PyTorch evaluation of a plan: memory O(B·H·Nq·(bucket + samples)).
+        """PyTorch evaluation of a plan, a cache-sized group of query blocks at a time.
+
+        Each group gathers its sorted query rows and key blocks, evaluates its block-diagonal
+        scores ``(bq × bk)`` and its sample scores ``(bq × m)`` (about ``_BLOCK_ELEMS`` entries in
+        all), and writes its normalised rows straight to their original positions in one
+        preallocated output, so memory is O(B·H·Nq·Dv) plus one group, never a whole-sequence
+        score tensor.
 
         With ``normalize=False`` returns the unshifted numerator (B, H, Nq, Dv) and denominator
         (B, H, Nq), i.e. the estimates of ``exp(scale·QKᵀ)V`` and ``exp(scale·QKᵀ)1`` (for tests:
         no overflow guard).
         """
         B, H, Nq, D = q.shape
-        Dv = v.shape[-1]
+        Nk, Dv = k.shape[2], v.shape[-1]
         nb, bq, bk, m = plan["nb"], plan["bq"], plan["bk"], plan["m"]
-        # Gather blocks straight from the unsorted tensors: positions -> original indices.
-        qi = plan["q_order"][..., plan["qpos"].reshape(-1)]  # (B, H, nb*bq)
-        ki = plan["k_order"][..., plan["kpos"].reshape(-1)]  # (B, H, nb*bk)
+        BH, dev, dt = B * H, q.device, q.dtype
         s = math.sqrt(scale)
-        qb = q.gather(2, qi[..., None].expand(-1, -1, -1, D)).view(B, H, nb, bq, D) * s
-        kb = k.gather(2, ki[..., None].expand(-1, -1, -1, D)).view(B, H, nb, bk, D) * s
-        vb = v.gather(2, ki[..., None].expand(-1, -1, -1, Dv)).view(B, H, nb, bk, Dv)
-        neg = torch.finfo(q.dtype).min
-        sh = (qb @ kb.transpose(-1, -2)).masked_fill(~plan["kvalid"][:, None, :], neg)  # (B,H,nb,bq,bk)
-        row_max = sh.amax(-1)
+        neg = torch.finfo(dt).min
+        # Rows of the (BH·N, ·) flattened inputs: sorted block slot -> original index (+ head offset).
+        qi = plan["q_order"].reshape(BH, Nq)[:, plan["qpos"].reshape(-1)]  # (BH, nb*bq)
+        qi = qi + torch.arange(BH, device=dev)[:, None] * Nq
+        ki = plan["k_order"].reshape(BH, Nk)[:, plan["kpos"].reshape(-1)]  # (BH, nb*bk)
+        ki = ki + torch.arange(BH, device=dev)[:, None] * Nk
+        qf, kf, vf = q.reshape(BH * Nq, D), k.reshape(BH * Nk, D), v.reshape(BH * Nk, Dv)
+        kvalid, qvalid = plan["kvalid"], plan["qvalid"]
+        kmask = None if bool(kvalid.all()) else ~kvalid  # (nb, bk) padded key slots
+        all_q_valid = bool(qvalid.all())
         if m > 0:
-            idx = plan["s_idx"]
-            ks = k.gather(2, idx[..., None].expand(-1, -1, -1, D)) * s  # (B, H, m, D)
-            vs = v.gather(2, idx[..., None].expand(-1, -1, -1, Dv))
-            keep = plan["s_block"][:, :, None, :] != torch.arange(nb, device=q.device)[:, None]  # (B,H,nb,m)
-            sr = torch.einsum("bhnqd,bhsd->bhnqs", qb, ks).masked_fill(~keep[..., None, :], neg)
-            row_max = torch.maximum(row_max, sr.amax(-1))
-        if not normalize:
-            row_max = torch.zeros_like(row_max)
-        eh = torch.exp(sh - row_max[..., None])  # masked entries underflow to 0
-        num = eh @ vb
-        den = eh.sum(-1)
-        if m > 0:
-            er = torch.exp(sr - row_max[..., None]) * plan["s_weight"][:, :, None, None, :]
-            num = num + torch.einsum("bhnqs,bhsd->bhnqd", er, vs)
-            den = den + er.sum(-1)
-        # Scatter the valid block slots back to their original query positions.
-        valid = plan["qvalid"].reshape(-1)
-        qi_valid = qi[..., valid]
+            si = plan["s_idx"].reshape(BH, m) + torch.arange(BH, device=dev)[:, None] * Nk
+            ks = kf.index_select(0, si.reshape(-1)).view(BH, m, D).mul_(s)  # (BH, m, D)
+            vs = vf.index_select(0, si.reshape(-1)).view(BH, m, Dv)
+            s_block = plan["s_block"].reshape(BH, 1, m)
+            s_weight = plan["s_weight"].reshape(BH, 1, m).to(dt)
+        out = torch.empty(BH * Nq, Dv, device=dev, dtype=dt)
+        den_out = None if normalize else torch.empty(BH * Nq, device=dev, dtype=dt)
 
-        def unsort(x: Tensor) -> Tensor:
-            x = x.reshape(B, H, nb * bq, x.shape[-1])[:, :, valid]
-            out = torch.empty(B, H, Nq, x.shape[-1], device=x.device, dtype=x.dtype)
-            return out.scatter_(2, qi_valid[..., None].expand(-1, -1, -1, x.shape[-1]), x)
-
+        # Group G query blocks of hb heads so one group holds about _BLOCK_ELEMS scores.
+        width = bq * (bk + m)
+        G = max(1, min(nb, _BLOCK_ELEMS // max(1, BH * width)))
+        hb = BH if G > 1 else max(1, min(BH, _BLOCK_ELEMS // max(1, width)))
+        for h0 in range(0, BH, hb):
+            h1 = min(BH, h0 + hb)
+            nh = h1 - h0
+            for c0 in range(0, nb, G):
+                c1 = min(nb, c0 + G)
+                g = c1 - c0
+                qrows = qi[h0:h1, c0 * bq : c1 * bq]  # (nh, g*bq)
+                krows = ki[h0:h1, c0 * bk : c1 * bk].reshape(-1)
+                qb = qf.index_select(0, qrows.reshape(-1)).view(nh, g, bq, D).mul_(s)
+                kb = kf.index_select(0, krows).view(nh, g, bk, D).mul_(s)
+                vb = vf.index_select(0, krows).view(nh, g, bk, Dv)
+                sh = qb @ kb.transpose(-1, -2)  # (nh, g, bq, bk)
+                if kmask is not None:
+                    sh.masked_fill_(kmask[c0:c1, None, :], neg)
+                if m > 0:
+                    sr = torch.bmm(qb.view(nh, g * bq, D), ks[h0:h1].transpose(-1, -2)).view(nh, g, bq, m)
+                    blocks = torch.arange(c0, c1, device=dev)[None, :, None, None]
+                    sr.masked_fill_(s_block[h0:h1, None] == blocks, neg)  # sample's own block: exact already
+                if normalize:
+                    row_max = sh.amax(-1, keepdim=True)
+                    if m > 0:
+                        row_max = torch.maximum(row_max, sr.amax(-1, keepdim=True))
+                    sh.sub_(row_max)
+                    if m > 0:
+                        sr.sub_(row_max)
+                eh = sh.exp_()  # masked entries underflow to 0
+                num = eh @ vb  # (nh, g, bq, Dv)
+                den = eh.sum(-1)
+                if m > 0:
+                    er = sr.exp_().mul_(s_weight[h0:h1, None])
+                    num.view(nh, g * bq, Dv).baddbmm_(er.view(nh, g * bq, m), vs[h0:h1])
+                    den.add_(er.sum(-1))
+                num = num.view(nh, g * bq, Dv)
+                den = den.view(nh, g * bq)
+                if normalize:
+                    num.div_(den.unsqueeze(-1))
+                if not all_q_valid:  # drop padded slots (they repeat a neighbouring query)
+                    keep = qvalid[c0:c1].reshape(-1)
+                    num, den, qrows = num[:, keep], den[:, keep], qrows[:, keep]
+                dst = qrows.reshape(-1)
+                out.index_copy_(0, dst, num.reshape(-1, Dv))
+                if den_out is not None:
+                    den_out.index_copy_(0, dst, den.reshape(-1))
+        out = out.view(B, H, Nq, Dv)
         if not normalize:
-            return unsort(num), unsort(den[..., None])[..., 0]
-        return unsort(num / den[..., None])
+            return out, den_out.view(B, H, Nq)
+        return out

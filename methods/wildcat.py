@@ -28,10 +28,10 @@ Departures (same mathematics, different arithmetic, for speed):
   have exactly the distribution of plain RPCholesky, but the O(n·r²) work becomes matrix-matrix
   products (candidates are drawn with ``torch.multinomial``; the b×b rejection loop runs in
   float64 NumPy). ``block=1`` is the plain algorithm with Gumbel-max pivots, as in the official
-  code; on CPU ``block=32`` is 2-3× faster at n=4096. Each round writes its b rows of F in place
-  (rejected candidates leave zero rows, dropped after the triangular solve), and the kernel
-  rows come from one product with h = |x|²/2 folded in as two extra coordinates.
-- For speed on long sequences (same results): the coreset is built for a few (batch·head) rows
+  code; on CPU ``block=32`` is 2-3× faster at n=4096. Each round's accepted rows of F are
+  written in place after the earlier ones (the b×b factor is permuted so they come first), and
+  the kernel rows come from one product with h = |x|²/2 folded in as two extra coordinates.
+- For speed on long sequences (same mathematics): the coreset is built for a few (batch·head) rows
   at a time when F would exceed ``GROUP_ELEMS`` entries (its memory is reused between groups),
   and the weighted attention runs over blocks of queries (``QUERY_TILE`` scores at a time).
 - Residual-diagonal entries ≤ 64·machine-eps (G's diagonal is 1, so this is rounding noise) are
@@ -162,29 +162,16 @@ def _rpc_plain(x: Tensor, hsq: Tensor, r: int, gen: torch.Generator | None):
     return pivots, F, d
 
 
-class BlockedFactor(NamedTuple):
-    """Accelerated RPCholesky's raw output: one row of ``F`` per drawn candidate, in draw order.
-
-    F: (B, m, n) with G ≈ FᵀF; rows of rejected candidates are 0. pivots: (B, m) long (the drawn
-    candidate; 0 where rejected). accepted: (B, m) bool. d: (B, n) final residual diagonal.
-    Each element has at most r accepted rows (fewer only when its residual was exhausted).
-    """
-
-    F: Tensor
-    pivots: Tensor
-    accepted: Tensor
-    d: Tensor
-
-
-def _rpc_blocked(Z: Tensor, r: int, gen: torch.Generator | None, b: int,
-                 workspace: dict[str, Tensor] | None = None) -> BlockedFactor:
+def _rpc_accelerated(Z: Tensor, r: int, gen: torch.Generator | None, b: int,
+                     workspace: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Accelerated RPCholesky (rejection sampling in blocks of b candidates) on Z = [x, 1, -h].
 
-    Each round writes b rows of F in place (rejected candidates give zero rows), so no row is
-    moved; a round costs one (b × (E+2)) × ((E+2) × n) product for the kernel rows (h folded in as
-    two extra coordinates, see ``_augment``), one (b × m) × (m × n) update, and one
-    (b × b) × (b × n) product. ``workspace["F"]``, when given, is reused for F (and replaced when
-    too small); the returned F is then a view of it.
+    Same contract as ``rp_cholesky``. A round costs one (b × (E+2)) × ((E+2) × n) product for
+    the kernel rows (h folded in as two extra coordinates, see ``_augment``), one (b × m) × (m × n)
+    update and one (b × b) × (b × n) product whose rows are permuted so that the accepted
+    candidates come first: they are written straight after the rows accepted so far (in place
+    when B = 1), and F holds r + b rows at most. ``workspace["F"]``, when given, lends F's memory
+    (reused between calls on row groups; the returned F is then a view of it).
     """
     B, n, E2 = Z.shape
     E = E2 - 2
@@ -193,13 +180,15 @@ def _rpc_blocked(Z: Tensor, r: int, gen: torch.Generator | None, b: int,
     key_side = Z.transpose(1, 2)  # (B, E+2, n)
     swap = torch.arange(E2, device=dev)
     swap[E], swap[E + 1] = E + 1, E  # [x_c, 1, -h_c] -> [x_c, -h_c, 1]
-    cap = b * (math.ceil(r / b) + 2)  # rows; grown if rejections need more rounds
+    cap = r + b
     F = None if workspace is None else workspace.get("F")
-    if F is None or F.shape[0] != B or F.shape[1] < cap or F.shape[2] != n or F.dtype != dt:
+    if F is None or F.shape != (B, cap, n) or F.dtype != dt or F.device != dev:
         F = torch.empty(B, cap, n, device=dev, dtype=dt)
-    cap = F.shape[1]
+        if workspace is not None:
+            workspace["F"] = F
+    if B > 1:  # invariant: rows at and after an element's count are 0 (elements fill at different rates)
+        F.zero_()
     pivots = torch.zeros(B, cap, device=dev, dtype=torch.long)
-    accepted = torch.zeros(B, cap, device=dev, dtype=torch.bool)
     d = torch.ones(B, n, device=dev, dtype=dt)
     logw = 2 * hsq
     count = torch.zeros(B, device=dev, dtype=torch.long)
@@ -207,9 +196,11 @@ def _rpc_blocked(Z: Tensor, r: int, gen: torch.Generator | None, b: int,
     thr = NOISE * torch.finfo(dt).eps
     R = torch.empty(B, b, n, device=dev, dtype=dt)  # buffers reused every round
     sq = torch.empty(B, b, n, device=dev, dtype=dt)
+    Fnew = None if B == 1 else torch.empty(B, b, n, device=dev, dtype=dt)
     dsub = torch.empty(B, n, device=dev, dtype=dt)
     hit = torch.empty(B, n, device=dev, dtype=dt)
-    m = 0  # rows of F written so far
+    slots = torch.arange(b, device=dev)
+    base = (torch.arange(B, device=dev) * cap).unsqueeze(1)
     for _ in range(2 * r + 8):  # every round accepts its first candidate, so ≤ r rounds are needed
         # exhausted or full elements stop
         logp = torch.log(d) + logw
@@ -220,11 +211,7 @@ def _rpc_blocked(Z: Tensor, r: int, gen: torch.Generator | None, b: int,
         p = torch.where(done.unsqueeze(-1), torch.ones_like(logp), torch.exp(logp - torch.where(torch.isfinite(mx), mx, 0)))
         cand = torch.multinomial(p, b, replacement=True, generator=gen)  # (B, b)
         u = torch.rand(B, b, device=dev, dtype=dt, generator=gen)
-        if m + b > F.shape[1]:
-            F = torch.cat((F[:, :m], torch.empty(B, m + 2 * b, n, device=dev, dtype=dt)), 1)
-            pivots = torch.cat((pivots[:, :m], torch.zeros(B, m + 2 * b, device=dev, dtype=torch.long)), 1)
-            accepted = torch.cat((accepted[:, :m], torch.zeros(B, m + 2 * b, device=dev, dtype=torch.bool)), 1)
-            cap = F.shape[1]
+        m = int(count.max())
         zc = Z.gather(1, cand.unsqueeze(-1).expand(B, b, E2))[..., swap]
         torch.bmm(zc, key_side, out=R)
         R.clamp_(max=0.0).exp_()  # G(cand, :) ≤ 1
@@ -234,41 +221,27 @@ def _rpc_blocked(Z: Tensor, r: int, gen: torch.Generator | None, b: int,
             R.baddbmm_(Fc.transpose(1, 2), Fa, beta=1.0, alpha=-1.0)
         H = R.gather(2, cand.unsqueeze(1).expand(B, b, b))  # (B, b, b) residual block
         Linv, acc = _block_factor(H, d.gather(1, cand), u, cand, count, done, r, thr)
-        Linv.mul_(acc.unsqueeze(1))  # rejected candidates contribute nothing
-        rows = F[:, m : m + b, :]
-        torch.bmm(Linv, R, out=rows)  # (B, b, n): the new Cholesky rows (0 for rejected candidates)
-        pivots[:, m : m + b] = torch.where(acc, cand, 0)
-        accepted[:, m : m + b] = acc
+        order = (~acc).to(torch.uint8).argsort(dim=1, stable=True)  # accepted candidates first, in draw order
+        Lp = (Linv * acc.unsqueeze(1).to(dt)).gather(1, order.unsqueeze(-1).expand(B, b, b))
+        n_acc = acc.sum(1)
+        if B == 1:
+            rows = F[:, m : m + b, :]
+            torch.bmm(Lp, R, out=rows)  # the new Cholesky rows, then zero rows for the rejected
+        else:
+            rows = torch.bmm(Lp, R, out=Fnew)
+            dest = (base + count.unsqueeze(1) + slots).reshape(-1)
+            F.view(B * cap, n).index_copy_(0, dest, rows.reshape(B * b, n))
+        new_piv = torch.where(slots < n_acc.unsqueeze(1), cand.gather(1, order), 0)
+        pivots.scatter_(1, count.unsqueeze(1) + slots, new_piv)
         torch.sum(torch.mul(rows, rows, out=sq), 1, out=dsub)
         d.sub_(dsub)
         d.masked_fill_(d <= thr, 0.0)
         hit.zero_().scatter_add_(1, cand, acc.to(dt))
         d.masked_fill_(hit > 0, 0.0)
-        count = count + acc.sum(1)
-        m += b
-    if workspace is not None:
-        workspace["F"] = F
-    return BlockedFactor(F[:, :m], pivots[:, :m], accepted[:, :m], d)
-
-
-def _accepted_rows(accepted: Tensor, r: int) -> tuple[Tensor, Tensor]:
-    """Indices (B, r) of the accepted rows in order, and a (B, r) mask of the real ones (an
-    exhausted element has fewer than r; its extra entries point at row 0 and are masked)."""
-    B, m = accepted.shape
-    order = torch.arange(m, device=accepted.device).expand(B, m)
-    key = torch.where(accepted, order, order + m)  # accepted rows first, in order
-    idx = key.argsort(1)[:, :r] if m >= r else torch.cat((key.argsort(1), order.new_zeros(B, r - m)), 1)
-    real = torch.arange(r, device=accepted.device) < accepted.sum(1, keepdim=True)
-    return torch.where(real, idx, 0), real
-
-
-def _rpc_accelerated(Z: Tensor, r: int, gen: torch.Generator | None, b: int):
-    """Accelerated RPCholesky in ``rp_cholesky``'s compact form (rows of accepted pivots only)."""
-    fac = _rpc_blocked(Z, r, gen, b)
-    idx, real = _accepted_rows(fac.accepted, r)
-    n = Z.shape[1]
-    F = fac.F.gather(1, idx.unsqueeze(-1).expand(-1, -1, n)) * real.unsqueeze(-1)
-    return torch.where(real, fac.pivots.gather(1, idx), 0), F, fac.d
+        count = count + n_acc
+    if B == 1 and int(count) < r:  # exhausted: the remaining rows are empty
+        F[:, int(count) : r].zero_()
+    return pivots[:, :r], F[:, :r], d
 
 
 def _block_factor(H: Tensor, d_drawn: Tensor, u: Tensor, cand: Tensor, count: Tensor, done: Tensor, r: int,
@@ -377,30 +350,24 @@ def _compress_rows(
     Z[..., E + 1] = -h
     if block == 1:
         pivots, F, _ = _rpc_plain(x, h, r, generator)
-        accepted = None
-    else:  # rows of rejected candidates stay in F as zero rows; they are dropped after the solve
-        F, pivots, accepted, _ = _rpc_blocked(Z, r, generator, block, workspace)
+    else:
+        pivots, F, _ = _rpc_accelerated(Z, r, generator, block, workspace)
     del Z, x
-    m = F.shape[1]
     # Ṽ = diag(e^{-h_S}) U⁻¹ F diag(e^{h}) [V, 1], exponents split around the midpoint of h
     mid = 0.5 * (h.amax(-1, keepdim=True) + h.amin(-1, keepdim=True))
     e = torch.exp(h - mid).unsqueeze(-1)  # (B, n, 1)
     ve = values.new_empty(B, n, D + 1)
     torch.mul(values, e, out=ve[..., :D])
     ve[..., D:] = e
-    rhs = torch.bmm(F, ve)  # (B, m, D+1)
+    rhs = torch.bmm(F, ve)  # (B, r, D+1)
     del ve
-    U = F.gather(2, pivots.unsqueeze(1).expand(B, m, m))  # upper triangular (its lower part is not read)
-    empty = U.diagonal(dim1=1, dim2=2) == 0  # rejected candidates and exhausted pivots
+    U = F.gather(2, pivots.unsqueeze(1).expand(B, r, r))  # upper triangular (its lower part is not read)
+    empty = U.diagonal(dim1=1, dim2=2) == 0  # exhausted pivots
     if bool(empty.any()):
         U = U.masked_fill(empty.unsqueeze(-1) | empty.unsqueeze(1), 0.0) + torch.diag_embed(empty.to(U.dtype))
     sol = torch.linalg.solve_triangular(U, rhs, upper=True)
     sol *= torch.exp(mid - h.gather(1, pivots)).unsqueeze(-1)
     sol.masked_fill_(empty.unsqueeze(-1), 0.0)
-    if accepted is not None:  # keep the accepted rows, in order
-        idx, real = _accepted_rows(accepted, r)
-        pivots = pivots.gather(1, idx)
-        sol = sol.gather(1, idx.unsqueeze(-1).expand(B, r, sol.shape[-1])) * real.unsqueeze(-1)
     k_s = keys.gather(1, pivots.unsqueeze(-1).expand(B, r, E))
     if key_mean is not None:
         k_s = k_s - key_mean
