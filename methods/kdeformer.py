@@ -32,7 +32,10 @@ Departures, all deliberate:
 - The top eigenvalue uses 32 power iterations done as 5 normalised squarings of the Gram matrix
   (same estimate ``‖G·G³²x₀‖``, fewer kernel launches); x₀ comes from the seeded generator.
 - ``sample_size = 0`` turns the residual off (heavy part only), as in the official code.
-Bidirectional only (the official code has no causal variant). Memory O(n·(bucket_size + sample_size)).
+Bidirectional only (the official code has no causal variant). The PyTorch path evaluates a
+cache-sized group of query blocks at a time (block and sample scores of about 2^21 entries)
+and writes each group's rows into one preallocated output: time O(n·(bucket_size +
+sample_size)·d), memory O(n·d) plus one group; never a whole-sequence score tensor.
 On CUDA (fp16/bf16/fp32) the block-diagonal and sampled parts run in one fused Triton kernel
 (``methods/kernels/kdeformer.py``); elsewhere in PyTorch.
 """
@@ -253,8 +256,12 @@ class KDEformer(AttentionMethod):
                     sh.masked_fill_(kmask[c0:c1, None, :], neg)
                 if m > 0:
                     sr = torch.bmm(qb.view(nh, g * bq, D), ks[h0:h1].transpose(-1, -2)).view(nh, g, bq, m)
-                    blocks = torch.arange(c0, c1, device=dev)[None, :, None, None]
-                    sr.masked_fill_(s_block[h0:h1, None] == blocks, neg)  # sample's own block: exact already
+                    # a sample in the query's own block is counted exactly there: weight 0. Its
+                    # score is also one of the block scores, so the row maximum is unchanged.
+                    own = s_block[h0:h1, None] == torch.arange(c0, c1, device=dev)[None, :, None, None]
+                    w = s_weight[h0:h1, None].masked_fill(own, 0.0)  # (nh, g, 1, m)
+                    if not normalize:  # no shift: exp may overflow, so mask the scores themselves
+                        sr.masked_fill_(own, neg)
                 if normalize:
                     row_max = sh.amax(-1, keepdim=True)
                     if m > 0:
@@ -266,7 +273,7 @@ class KDEformer(AttentionMethod):
                 num = eh @ vb  # (nh, g, bq, Dv)
                 den = eh.sum(-1)
                 if m > 0:
-                    er = sr.exp_().mul_(s_weight[h0:h1, None])
+                    er = sr.exp_().mul_(w)
                     num.view(nh, g * bq, Dv).baddbmm_(er.view(nh, g * bq, m), vs[h0:h1])
                     den.add_(er.sum(-1))
                 num = num.view(nh, g * bq, Dv)

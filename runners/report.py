@@ -277,6 +277,18 @@ def to_markdown_plain(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """Numeric columns holding only whole numbers (n, batch, …) printed as integers."""
+    df = df.copy()
+    for c in df.columns:
+        x = pd.to_numeric(df[c], errors="coerce")
+        have = x.dropna()
+        if len(have) and x.dtype.kind == "f" and x.notna().sum() == df[c].notna().sum() \
+                and bool((have == have.round()).all()) and bool((have.abs() < 2**53).all()):
+            df[c] = x.astype("Int64")
+    return df
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--experiment", required=True, help="experiment_name of the rows (conf/experiment/NAME.yaml)")
@@ -286,9 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     res = report(args.results_dir, args.experiment, args.out_dir)
     with pd.option_context("display.max_rows", 500, "display.width", 250, "display.float_format", "{:.4g}".format):
         cols = [c for c in res["table"].columns if not c.endswith("_sd")]
-        print(res["table"][cols].to_string(index=False))
+        print(_int_columns(res["table"][cols]).to_string(index=False))
         if len(res["slopes"]):
-            print(res["slopes"].to_string(index=False))
+            print(_int_columns(res["slopes"]).to_string(index=False))
     if len(res["errors"]):
         print(f"{res['errors']['run_id'].nunique()} failed run(s): see the markdown table.")
     print("wrote " + ", ".join(map(str, res["files"])))

@@ -196,6 +196,52 @@ def test_half_in_half_out(dtype):
     assert make(bucket_size=16, sample_size=16)(q, k, v).dtype == dtype
 
 
+def dense_estimate(q, k, v, plan, scale):
+    """The plan's estimate written densely in float64 (block pairs exact + weighted masked samples)."""
+    q, k, v = q.double(), k.double(), v.double()
+    qb = torch.empty_like(plan["q_order"]).scatter_(-1, plan["q_order"], plan["qblock_of"].expand_as(plan["q_order"]))
+    kb = torch.empty_like(plan["k_order"]).scatter_(-1, plan["k_order"], plan["kblock_of"].expand_as(plan["k_order"]))
+    e = torch.exp(q @ k.transpose(-1, -2) * scale)
+    w = (e * (qb[..., :, None] == kb[..., None, :])).to(torch.float64)
+    if plan["m"] > 0:
+        cols = torch.zeros_like(e)  # (B, H, Nq, Nk): total sample weight on each key, own block masked
+        own = plan["s_block"][..., None, :] == qb[..., :, None]  # (B, H, Nq, m)
+        wt = (plan["s_weight"].double()[..., None, :] * ~own).expand(-1, -1, q.shape[2], -1)
+        cols.scatter_add_(-1, plan["s_idx"][..., None, :].expand(-1, -1, q.shape[2], -1).contiguous(), wt.contiguous())
+        w = w + e * cols
+    return (w @ v) / w.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("block_elems", [1, 700, 1 << 21])
+@pytest.mark.parametrize("b,h,nq,nk,bucket,samples", [(2, 3, 100, 100, 16, 24), (1, 2, 257, 61, 8, 16), (1, 2, 70, 333, 32, 40)])
+def test_grouped_evaluation_matches_dense_formula(monkeypatch, block_elems, b, h, nq, nk, bucket, samples):
+    # Groups of one block of one head, groups that straddle heads/blocks unevenly, and one group.
+    import methods.kdeformer as mod
+
+    monkeypatch.setattr(mod, "_BLOCK_ELEMS", block_elems)
+    q, k, v = qkv(b=b, h=h, nq=nq, nk=nk, dv=12)
+    m = make(bucket_size=bucket, sample_size=samples)
+    m.reseed(2)
+    out = m(q, k, v, scale=0.3)
+    m.reseed(2)
+    plan = m.plan(q, k, v)
+    assert rel(out, dense_estimate(q, k, v, plan, 0.3)) < 1e-5
+    num, den = KDEformer.attend_torch(q.double(), k.double(), v.double(), plan, 0.3, normalize=False)
+    assert rel(num / den[..., None], dense_estimate(q, k, v, plan, 0.3)) < 1e-12
+
+
+def test_no_whole_sequence_score_tensor():
+    from runners.measure import cpu_peak_memory_mb
+
+    n, h, bucket, samples = 16384, 4, 64, 192
+    q, k, v = qkv(b=1, h=h, nq=n, nk=n, d=8, dv=8)
+    m = make(bucket_size=bucket, sample_size=samples)
+    m(q, k, v)
+    peak_mb = cpu_peak_memory_mb(lambda: m(q, k, v))[1]
+    scores_mb = h * n * (bucket + samples) * 4 / 2**20  # one fp32 score tensor over the whole sequence
+    assert peak_mb < 0.5 * scores_mb, (peak_mb, scores_mb)
+
+
 @pytest.mark.parametrize(
     "kw",
     [
