@@ -30,6 +30,14 @@ blocks of ``ceil(Nq/blocks)``; the LSH directions are drawn from the run's gener
 query chunks (no flash kernel), so memory stays bounded but the exact fallback below
 ``min_seq_len`` costs O(n²) time. ``extra_stats()['exact_fallback']`` is 1 when a call was
 entirely exact because of ``min_seq_len``.
+
+Evaluation (same arithmetic as steps 2-4 up to float rounding): a cache-sized group of query
+blocks at a time (block and sample scores of about 2^21 entries) picks its rows from the
+flattened inputs by index (no sorted copies of q, k, v), shares one row maximum between its
+block and sample scores (instead of merging two log-sum-exps), and writes its normalised rows
+and log-sum-exps straight to their original positions in one preallocated output (no un-sort).
+Time O(n·(block_size + sample_size)·d) plus the sorts; memory O(n·d) plus one group. The
+causal recursion merges each lower half into its output in place.
 """
 from __future__ import annotations
 
@@ -42,54 +50,56 @@ from torch import Tensor
 from . import register
 from .base import AttentionMethod, check_positive_int
 
-_CHUNK_ELEMS = 1 << 21  # score entries per chunk in the exact parts (cache-sized blocks)
+_CHUNK_ELEMS = 1 << 21  # score entries per chunk / group of query blocks (cache-sized)
 
 
-def _attn_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, *, bias: Tensor | None = None,
-              bias_rows=None, causal: bool = False) -> tuple[Tensor, Tensor]:
+def _attn_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, *, causal: bool = False) -> tuple[Tensor, Tensor]:
     """Exact attention and its log-sum-exp over the last two dims, chunked over query rows.
 
-    q (..., Nq, D), k (..., Nk, D), v (..., Nk, Dv); ``bias`` broadcastable to (..., Nq, Nk)
-    with -inf for excluded entries, or ``bias_rows(r0, r1)`` giving it for query rows r0:r1
-    (so that no (Nq × Nk)-sized bias is held); ``causal`` masks key j > query i (Nq == Nk).
-    Rows with every entry excluded give output 0 and log-sum-exp -inf.
+    q (..., Nq, D), k (..., Nk, D), v (..., Nk, Dv) with equal leading dims; ``causal`` masks
+    key j > query i (Nq == Nk). Each chunk is written into one preallocated output.
     """
     nq, nk = q.shape[-2], k.shape[-2]
-    lead = max(1, math.prod(torch.broadcast_shapes(q.shape[:-2], k.shape[:-2])))
-    rows = max(1, _CHUNK_ELEMS // (lead * nk))
-    outs, lses = [], []
+    lead = q.shape[:-2]
+    rows = max(1, _CHUNK_ELEMS // (max(1, math.prod(lead)) * nk))
+    out = q.new_empty(*lead, nq, v.shape[-1])
+    lse = q.new_empty(*lead, nq)
     for r0 in range(0, nq, rows):
         r1 = min(nq, r0 + rows)
-        s = (q[..., r0:r1, :] @ k.transpose(-1, -2)) * scale
-        if bias is not None:
-            s = s + (bias if bias.shape[-2] == 1 else bias[..., r0:r1, :])
-        if bias_rows is not None:
-            s = s + bias_rows(r0, r1)
+        s = (q[..., r0:r1, :] @ k.transpose(-1, -2)).mul_(scale)
         if causal:
-            keep = torch.arange(r0, r1, device=q.device).unsqueeze(-1) >= torch.arange(nk, device=q.device)
-            s = s.masked_fill(~keep, float("-inf"))
-        mx = s.amax(-1, keepdim=True)
-        mx = torch.where(torch.isfinite(mx), mx, torch.zeros_like(mx))
-        p = torch.exp(s - mx)
+            drop = torch.arange(r0, r1, device=q.device).unsqueeze(-1) < torch.arange(nk, device=q.device)
+            s.masked_fill_(drop, float("-inf"))
+        mx = s.amax(-1, keepdim=True)  # finite: every row keeps at least one key
+        p = s.sub_(mx).exp_()
         den = p.sum(-1, keepdim=True)
-        outs.append((p @ v) / den.clamp_min(torch.finfo(den.dtype).tiny))
-        lses.append((den.log() + mx).squeeze(-1))
-    return torch.cat(outs, -2), torch.cat(lses, -1)
+        torch.div(p @ v, den, out=out[..., r0:r1, :])
+        torch.add(den.log_(), mx, out=lse[..., r0:r1].unsqueeze(-1))
+    return out, lse
 
 
-def _merge(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> tuple[Tensor, Tensor]:
-    """Combine two partial attentions over disjoint key sets by their log-sum-exps."""
+def _merge_(o1: Tensor, l1: Tensor, o2: Tensor, l2: Tensor) -> None:
+    """Combine two partial attentions over disjoint key sets by their log-sum-exps, into o1, l1."""
     lse = torch.logaddexp(l1, l2)
-    w1 = torch.exp(l1 - lse).unsqueeze(-1)
-    w2 = torch.exp(l2 - lse).unsqueeze(-1)
-    return w1 * o1 + w2 * o2, lse
+    o1.mul_(torch.sub(l1, lse).exp_().unsqueeze(-1))
+    o1.add_(o2.mul_(torch.sub(l2, lse).exp_().unsqueeze(-1)))
+    l1.copy_(lse)
 
 
 def _lsh_codes(x: Tensor, proj: Tensor) -> Tensor:
     """Gray-coded angular-LSH bucket of each row of x (..., N, D) -> (..., N) int64."""
     bits = (x @ proj) > 0
-    ids = (bits.long() << torch.arange(proj.shape[-1], device=x.device)).sum(-1)
+    ids = torch.zeros(bits.shape[:-1], dtype=torch.long, device=x.device)
+    for p in range(proj.shape[-1]):
+        ids.bitwise_or_(bits[..., p].long().bitwise_left_shift_(p))
     return ids ^ (ids >> 1)
+
+
+def _pad_last(rows: Tensor, width: int) -> Tensor:
+    """Pad rows (h, w) to (h, width) by repeating its last column."""
+    if rows.shape[1] == width:
+        return rows
+    return torch.cat((rows, rows[:, -1:].expand(-1, width - rows.shape[1])), 1)
 
 
 @register("hyperattention")
@@ -119,50 +129,79 @@ class HyperAttention(AttentionMethod):
     # --- non-causal ----------------------------------------------------------------------
     def _noncausal(self, q: Tensor, k: Tensor, v: Tensor, scale: float, proj: Tensor,
                    gen: torch.Generator) -> tuple[Tensor, Tensor]:
+        """Sorted block-diagonal part plus sampled residual, one group of query blocks at a time.
+
+        Rows of the flattened (B·H·N, ·) inputs are picked with ``index_select`` (no permuted
+        copies of q, k, v); each group's block scores (qbs × block_size) and sample scores
+        (qbs × sample_size) share one row maximum, and the normalised rows and their
+        log-sum-exps go straight to their original positions (``index_copy_``).
+        """
         B, H, nq, D = q.shape
         nk, dv = k.shape[2], v.shape[-1]
         if self.min_seq_len > nq:
             return _attn_lse(q, k, v, scale)
-        G = B * H
-        q, k, v = q.reshape(G, nq, D), k.reshape(G, nk, D), v.reshape(G, nk, dv)
-        q_idx = torch.sort(_lsh_codes(q, proj), dim=-1, stable=True).indices
-        k_idx = torch.sort(_lsh_codes(k, proj), dim=-1, stable=True).indices
-        qs = q.gather(1, q_idx.unsqueeze(-1).expand(G, nq, D))
-        ks = k.gather(1, k_idx.unsqueeze(-1).expand(G, nk, D))
-        vs = v.gather(1, k_idx.unsqueeze(-1).expand(G, nk, dv))
+        G, dev, dt = B * H, q.device, q.dtype
+        qf, kf, vf = q.reshape(G * nq, D), k.reshape(G * nk, D), v.reshape(G * nk, dv)
+        head = torch.arange(G, device=dev).unsqueeze(1)
+        # flattened row of each sorted position (stable sort by Gray-coded bucket)
+        qi = torch.sort(_lsh_codes(qf.view(G, nq, D), proj), dim=-1, stable=True).indices.add_(head * nq)
+        ki = torch.sort(_lsh_codes(kf.view(G, nk, D), proj), dim=-1, stable=True).indices.add_(head * nk)
 
         bs = self.block_size
         nb = -(-nk // bs)
         qbs = -(-nq // nb)
-        pad_k, pad_q = nb * bs - nk, nb * qbs - nq
-        qb = F.pad(qs, (0, 0, 0, pad_q)).view(G, nb, qbs, D)
-        kb = F.pad(ks, (0, 0, 0, pad_k)).view(G, nb, bs, D)
-        vb = F.pad(vs, (0, 0, 0, pad_k)).view(G, nb, bs, dv)
-        bias = None
-        if pad_k:
-            bias = torch.zeros(nb * bs, dtype=q.dtype, device=q.device)
-            bias[nk:] = float("-inf")
-            bias = bias.view(1, nb, 1, bs)
-        out, lse = _attn_lse(qb, kb, vb, scale, bias=bias)
-        out, lse = out.reshape(G, nb * qbs, dv)[:, :nq], lse.reshape(G, nb * qbs)[:, :nq]
+        pad_k = nb * bs - nk  # padded key slots at the end of the last block: masked out
+        s = self.sample_size if nb > 1 else 0  # one block covers every pair: no residual
+        if s:
+            pick = torch.randint(nk, (G, s), device=dev, generator=gen)  # sorted key positions
+            srows = ki.gather(1, pick).view(-1)
+            k_smp = kf.index_select(0, srows).view(G, s, D)
+            v_smp = vf.index_select(0, srows).view(G, s, dv)
+            pick_block = (pick // bs).view(G, 1, 1, s)
+            w = torch.tensor(nk / s, dtype=dt, device=dev)  # residual log-sum-exp raised by log(Nk / s)
 
-        if self.sample_size > 0 and nb > 1:
-            s = self.sample_size
-            pick = torch.randint(nk, (G, s), device=q.device, generator=gen)
-            k_smp = ks.gather(1, pick.unsqueeze(-1).expand(G, s, D))
-            v_smp = vs.gather(1, pick.unsqueeze(-1).expand(G, s, dv))
-            pick_block = (pick // bs).unsqueeze(1)  # (G, 1, s)
-
-            def res_bias(r0: int, r1: int) -> Tensor:  # -inf where the sample lies in the query's own block
-                same = (torch.arange(r0, r1, device=q.device) // qbs).view(1, -1, 1) == pick_block
-                return torch.zeros(same.shape, dtype=q.dtype, device=q.device).masked_fill_(same, float("-inf"))
-
-            o_res, l_res = _attn_lse(qs, k_smp, v_smp, scale, bias_rows=res_bias)
-            out, lse = _merge(out, lse, o_res, l_res + math.log(nk / s))
-
-        inv = torch.empty_like(q_idx).scatter_(1, q_idx, torch.arange(nq, device=q.device).expand(G, nq))
-        out = out.gather(1, inv.unsqueeze(-1).expand(G, nq, dv))
-        lse = lse.gather(1, inv)
+        out = q.new_empty(G * nq, dv)
+        lse = q.new_empty(G * nq)
+        width = qbs * (bs + s)
+        g = max(1, min(nb, _CHUNK_ELEMS // max(1, G * width)))
+        hb = G if g > 1 else max(1, min(G, _CHUNK_ELEMS // max(1, width)))
+        for h0 in range(0, G, hb):
+            h1 = min(G, h0 + hb)
+            nh = h1 - h0
+            for c0 in range(0, nb, g):
+                c1 = min(nb, c0 + g)
+                gc = c1 - c0
+                nv = min(c1 * qbs, nq) - c0 * qbs  # real (unpadded) query slots of the group
+                if nv <= 0:
+                    break
+                qrows = qi[h0:h1, c0 * qbs: c0 * qbs + nv]
+                krows = _pad_last(ki[h0:h1, c0 * bs: c1 * bs], gc * bs).reshape(-1)
+                qb = qf.index_select(0, _pad_last(qrows, gc * qbs).reshape(-1)).view(nh, gc, qbs, D).mul_(scale)
+                kb = kf.index_select(0, krows).view(nh, gc, bs, D)
+                vb = vf.index_select(0, krows).view(nh, gc, bs, dv)
+                sc = torch.matmul(qb, kb.transpose(-1, -2))  # (nh, gc, qbs, bs)
+                if pad_k and c1 == nb:
+                    sc[:, -1, :, bs - pad_k:] = float("-inf")
+                mx = sc.amax(-1, keepdim=True)  # finite: every key block holds a real key
+                if s:
+                    sr = torch.bmm(qb.view(nh, gc * qbs, D), k_smp[h0:h1].transpose(1, 2)).view(nh, gc, qbs, s)
+                    # a sample in the query's own block is already counted there: weight 0. Its
+                    # score is one of that block's scores, so the row maximum is unchanged.
+                    own = pick_block[h0:h1] == torch.arange(c0, c1, device=dev).view(1, gc, 1, 1)
+                    wr = torch.where(own, 0.0, w)  # (nh, gc, 1, s)
+                    torch.maximum(mx, sr.amax(-1, keepdim=True), out=mx)
+                eh = sc.sub_(mx).exp_()
+                num = (eh @ vb).view(nh, gc * qbs, dv)
+                den = eh.sum(-1).view(nh, gc * qbs)
+                if s:
+                    er = sr.sub_(mx).exp_().mul_(wr).view(nh, gc * qbs, s)
+                    num.baddbmm_(er, v_smp[h0:h1])
+                    den.add_(er.sum(-1))
+                num.div_(den.unsqueeze(-1))
+                den.log_().add_(mx.view(nh, gc * qbs))
+                dst = qrows.reshape(-1)
+                out.index_copy_(0, dst, num[:, :nv].reshape(-1, dv))
+                lse.index_copy_(0, dst, den[:, :nv].reshape(-1))
         return out.view(B, H, nq, dv), lse.view(B, H, nq)
 
     # --- causal ----------------------------------------------------------------------------
@@ -180,10 +219,8 @@ class HyperAttention(AttentionMethod):
                                   v.reshape(B, 2 * H, m, dv), scale, proj, gen)
         o_bd, l_bd = o_bd.reshape(B, H, 2 * m, dv), l_bd.reshape(B, H, 2 * m)
         o_off, l_off = self._noncausal(q[:, :, m:], k[:, :, :m], v[:, :, :m], scale, proj, gen)
-        o_lo, l_lo = _merge(o_bd[:, :, m:], l_bd[:, :, m:], o_off, l_off)
-        out = torch.cat((o_bd[:, :, :m], o_lo), 2)
-        lse = torch.cat((l_bd[:, :, :m], l_lo), 2)
-        return out[:, :, :n], lse[:, :, :n]
+        _merge_(o_bd[:, :, m:], l_bd[:, :, m:], o_off, l_off)  # lower half, in place
+        return o_bd[:, :, :n], l_bd[:, :, :n]
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
         gen = self.generator(q.device)

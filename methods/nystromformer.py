@@ -7,7 +7,7 @@ Follows mlpen/Nystromformer (``code/attention_nystrom.py`` and the T2T-ViT port
   when n is not a multiple of ``num_landmarks`` the segments are uneven exactly as in the T2T
   port: the first ``(s+1)·L − n`` segments hold s = n // L tokens, the rest s + 1;
 * attention ≈ softmax(Q K̃ᵀ) · pinv(softmax(Q̃ K̃ᵀ)) · softmax(Q̃ Kᵀ) V (each softmax row-wise,
-  scores scaled by ``scale``), evaluated right to left: memory O(n·L), never n×n;
+  scores scaled by ``scale``), evaluated right to left, never n×n;
 * the pseudo-inverse is the reference's iterative Moore–Penrose scheme,
   Z ← ¼ Z (13 I − A Z (15 I − A Z (7 I − A Z))), ``pinv_iters`` = 6 iterations, started from
   Z₀ = Aᵀ / max_j Σ_i A_ij per matrix (the T2T port's "exact" init, 1/‖A‖₁; the older
@@ -20,6 +20,14 @@ formula, so with L = n it is exact only up to the accuracy of the 6-step pseudo-
 (small for well-conditioned softmax matrices, large for nearly rank-deficient ones;
 ``pinv_iters`` lets tests show that it converges). Queries and keys may differ in number
 (landmarks are taken separately). Bidirectional only: the landmark means mix future tokens.
+
+Evaluation order (same arithmetic as the reference up to float rounding; the reference builds
+the two n×L score matrices whole): softmax(Q̃ Kᵀ) V is accumulated over key chunks with a
+running max and sum (flash-style online softmax), and softmax(Q K̃ᵀ) times the small
+(L × d_v) product pinv(·) · softmax(Q̃ Kᵀ) V is evaluated per query chunk into one
+preallocated output. Chunks hold about ``_BLOCK_ELEMS`` scores, so extra memory is
+O(n·d + L² + _BLOCK_ELEMS) instead of O(n·L) and the score blocks stay cache-sized
+(without gradients; autograd still keeps every block for the backward pass).
 """
 from __future__ import annotations
 
@@ -28,6 +36,8 @@ from torch import Tensor
 
 from . import register
 from .base import AttentionMethod, check_positive_int, resolve_budget
+
+_BLOCK_ELEMS = 1 << 21  # score entries per key or query chunk
 
 
 def segment_means(x: Tensor, n_segments: int) -> Tensor:
@@ -72,8 +82,29 @@ class Nystromformer(AttentionMethod):
         n_land = resolve_budget("num_landmarks", self.num_landmarks, min(nq, nk))
         q_land = segment_means(q, n_land)
         k_land = segment_means(k, n_land)
-        kernel_1 = torch.softmax((q @ k_land.transpose(-1, -2)) * scale, dim=-1)  # (B, H, Nq, L)
         kernel_2 = torch.softmax((q_land @ k_land.transpose(-1, -2)) * scale, dim=-1)  # (B, H, L, L)
-        kernel_3 = torch.softmax((q_land @ k.transpose(-1, -2)) * scale, dim=-1)  # (B, H, L, Nk)
+        step = max(1, _BLOCK_ELEMS // (q.shape[0] * q.shape[1] * n_land))  # tokens per chunk
+        # softmax(Q̃ Kᵀ) V, accumulated over key chunks with a running max and sum: (B, H, L, Dv)
+        q_land_s, k_t = q_land * scale, k.transpose(-1, -2)
+        run_max = q.new_full((*q_land.shape[:3], 1), float("-inf"))
+        run_sum = q.new_zeros(*q_land.shape[:3], 1)
+        acc = q.new_zeros(*q_land.shape[:3], v.shape[-1])
+        for c0 in range(0, nk, step):
+            scores = q_land_s @ k_t[..., c0 : c0 + step]  # (B, H, L, c)
+            new_max = torch.maximum(run_max, scores.amax(dim=-1, keepdim=True))
+            p = (scores - new_max).exp_()
+            alpha = torch.exp(run_max - new_max)
+            run_sum = run_sum * alpha + p.sum(dim=-1, keepdim=True)
+            acc = acc * alpha + p @ v[:, :, c0 : c0 + step]
+            run_max = new_max
+            del scores, p  # free this block before the next one is built
+        kv = iterative_pinv(kernel_2, self.pinv_iters) @ (acc / run_sum)  # (B, H, L, Dv)
+        # softmax(Q K̃ᵀ) · kv, one query chunk at a time into a preallocated output: (B, H, Nq, Dv)
+        out = q.new_empty(*q.shape[:3], v.shape[-1])
+        k_land_t = k_land.transpose(-1, -2) * scale
+        for c0 in range(0, nq, step):
+            kernel_1 = torch.softmax(q[:, :, c0 : c0 + step] @ k_land_t, dim=-1)  # (B, H, c, L)
+            out[:, :, c0 : c0 + step] = kernel_1 @ kv
+            del kernel_1
         self._stats = {"num_landmarks": float(n_land)}
-        return kernel_1 @ (iterative_pinv(kernel_2, self.pinv_iters) @ (kernel_3 @ v))
+        return out

@@ -155,6 +155,70 @@ def test_dtypes(dtype):
         assert out.dtype == dtype and out.shape == (1, 2, 200, 8) and torch.isfinite(out).all()
 
 
+def dense_reference(q, k, v, scale, seed, block_size, sample_size, lsh_num_projs=7):
+    """The non-causal algorithm written densely (n × n masks), with the same random draws."""
+    g = torch.Generator().manual_seed(seed)
+    B, H, nq, D = q.shape
+    nk = k.shape[2]
+    proj = torch.randn(D, lsh_num_projs, generator=g, dtype=q.dtype)
+    nb = -(-nk // block_size)
+    qbs = -(-nq // nb)
+    q_pos = torch.sort(_lsh_codes(q, proj), dim=-1, stable=True).indices.argsort(-1)  # sorted position
+    k_pos = torch.sort(_lsh_codes(k, proj), dim=-1, stable=True).indices.argsort(-1)
+    same = (q_pos // qbs).unsqueeze(-1) == (k_pos // block_size).unsqueeze(-2)  # (B, H, nq, nk)
+    w = same.to(q.dtype)
+    if sample_size and nb > 1:
+        pick = torch.randint(nk, (B * H, sample_size), generator=g).view(B, H, sample_size)
+        # count of each sorted key position among the draws, mapped back to original keys
+        cnt = torch.zeros(B, H, nk, dtype=q.dtype).scatter_add_(-1, pick, torch.ones_like(pick, dtype=q.dtype))
+        cnt = cnt.gather(-1, k_pos)
+        w = w + (~same) * cnt.unsqueeze(-2) * (nk / sample_size)
+    s = (q @ k.transpose(-1, -2)) * scale
+    e = torch.exp(s - s.amax(-1, keepdim=True)) * w
+    return (e @ v) / e.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("nq,nk,bs,smp", [(512, 512, 64, 40), (301, 301, 32, 50), (300, 500, 48, 30), (3, 70, 16, 8)])
+def test_matches_dense_rederivation(nq, nk, bs, smp):
+    # sorted blocks (query blocks of ceil(Nq / blocks)), padded keys of the last block excluded,
+    # uniform samples outside the query's own block weighted Nk / sample_size
+    q, k, v = qkv(b=2, nq=nq, nk=nk)
+    m = make(block_size=bs, sample_size=smp, min_seq_len=1)
+    m.reseed(5)
+    out = m(q, k, v, scale=0.4)
+    assert rel(out, dense_reference(q, k, v, 0.4, 5, bs, smp)) < 1e-12
+
+
+@pytest.mark.parametrize("elems", [1, 3000, 1 << 30])
+def test_grouping_does_not_change_the_result(monkeypatch, elems):
+    # one block of one head per group, a few blocks per group, everything in one group
+    import methods.hyperattention as mod
+
+    q, k, v = qkv(b=2, h=3, nq=333, nk=517)
+    m = make(block_size=24, sample_size=40, min_seq_len=1)
+    for causal, (a, b) in ((False, (q, k)), (True, (k, k))):
+        m.reseed(0)
+        ref = m(a, b, v, causal=causal)
+        monkeypatch.setattr(mod, "_CHUNK_ELEMS", elems)
+        m.reseed(0)
+        out = m(a, b, v, causal=causal)
+        monkeypatch.undo()
+        assert (out - ref).abs().max().item() < 1e-13
+
+
+def test_no_whole_sequence_score_tensor():
+    from runners.measure import cpu_peak_memory_mb
+
+    n, h, block, samples = 16384, 4, 64, 192
+    q, k, v = qkv(b=1, h=h, nq=n, nk=n, d=8, dv=8, dtype=torch.float32)
+    scores_mb = h * n * (block + samples) * 4 / 2**20  # one fp32 score tensor over the whole sequence
+    for causal in (False, True):
+        m = make(block_size=block, sample_size=samples, min_seq_len=1024)
+        m(q, k, v, causal=causal)
+        peak_mb = cpu_peak_memory_mb(lambda: m(q, k, v, causal=causal))[1]
+        assert peak_mb < 0.5 * scores_mb, (causal, peak_mb, scores_mb)
+
+
 @pytest.mark.parametrize("kw", [{"block_size": 0}, {"sample_size": -1}, {"lsh_num_projs": -1},
                                 {"lsh_num_projs": 31}, {"min_seq_len": 0}, {"block_size": 2.5},
                                 {"sample_size": True}])

@@ -91,3 +91,52 @@ def test_gradients_flow():
 def test_bad_knobs(knobs):
     with pytest.raises(ValueError, match="method\\."):
         build("nystromformer", **knobs)
+
+
+def reference_formula(q, k, v, n_land, pinv_iters=6):
+    """The unchunked formula of the official code: both n × L score matrices built whole."""
+    scale = q.shape[-1] ** -0.5
+    q_land, k_land = segment_means(q, n_land), segment_means(k, n_land)
+    kernel_1 = torch.softmax(q @ k_land.transpose(-1, -2) * scale, dim=-1)
+    kernel_2 = torch.softmax(q_land @ k_land.transpose(-1, -2) * scale, dim=-1)
+    kernel_3 = torch.softmax(q_land @ k.transpose(-1, -2) * scale, dim=-1)
+    return kernel_1 @ (iterative_pinv(kernel_2, pinv_iters) @ (kernel_3 @ v))
+
+
+@pytest.mark.parametrize("block", [1, 7 * 2 * 3 * 8, 1 << 30])
+def test_chunked_equals_unchunked(monkeypatch, block):
+    import methods.nystromformer as nys
+
+    # uneven chunks (block // (B·H·L) = 7 tokens), one token per chunk, and a single chunk
+    monkeypatch.setattr(nys, "_BLOCK_ELEMS", block)
+    q, k, v = qkv(nq=101, nk=53, dv=5, seed=3)
+    q, k = q * 2, k * 2  # peaked softmax rows: the running max must matter
+    out = build("nystromformer", num_landmarks=8)(q, k, v)
+    assert torch.allclose(out, reference_formula(q, k, v, 8), rtol=0, atol=1e-12)
+
+
+def test_chunked_gradients_match_unchunked(monkeypatch):
+    import methods.nystromformer as nys
+
+    q, k, v = qkv(nq=40, nk=33, dv=4, seed=4)
+    m = build("nystromformer", num_landmarks=8)
+    grads = []
+    for block in (1 << 30, 5 * 2 * 3 * 8):
+        monkeypatch.setattr(nys, "_BLOCK_ELEMS", block)
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        (m(*leaves) * torch.linspace(-1, 1, 4, dtype=q.dtype)).sum().backward()
+        grads.append([t.grad for t in leaves])
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
+def test_no_whole_sequence_score_matrix():
+    from runners.measure import cpu_peak_memory_mb
+
+    n, h, n_land = 16384, 8, 256
+    q, k, v = qkv(b=1, h=h, nq=n, d=8, dv=8, dtype=torch.float32)
+    m = build("nystromformer", num_landmarks=n_land)
+    m(q, k, v)
+    peak_mb = cpu_peak_memory_mb(lambda: m(q, k, v))[1]
+    scores_mb = h * n * n_land * 4 / 2**20  # one fp32 n × L score matrix (128 MB)
+    assert peak_mb < 0.3 * scores_mb, (peak_mb, scores_mb)
