@@ -9,7 +9,7 @@ to the input dtype.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -85,6 +85,17 @@ def resolve_budget(name: str, value: Any, n: int, *, allow_exceed: bool = True) 
     if value > n and not allow_exceed:
         raise ValueError(f"method.{name}={value} exceeds the sequence length n={n}.")
     return min(value, n)
+
+
+def score_groups(heads: int, blocks: int, width: int, budget: int) -> Iterator[tuple[int, int, int, int]]:
+    """Ranges ``(h0, h1, c0, c1)`` of heads and query blocks, each group holding about ``budget``
+    scores when one block of one head holds ``width``: several blocks of all heads when a block of
+    every head fits, else one block of as many heads as fit (at least one of each)."""
+    per = max(1, min(blocks, budget // max(1, heads * width)))
+    hb = heads if per > 1 else max(1, min(heads, budget // max(1, width)))
+    for h0 in range(0, heads, hb):
+        for c0 in range(0, blocks, per):
+            yield h0, min(heads, h0 + hb), c0, min(blocks, c0 + per)
 
 
 class AttentionMethod(torch.nn.Module):

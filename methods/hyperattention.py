@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import register
-from .base import AttentionMethod, check_positive_int
+from .base import AttentionMethod, check_positive_int, score_groups
 
 _CHUNK_ELEMS = 1 << 21  # score entries per chunk / group of query blocks (cache-sized)
 
@@ -163,45 +163,39 @@ class HyperAttention(AttentionMethod):
         out = q.new_empty(G * nq, dv)
         lse = q.new_empty(G * nq)
         width = qbs * (bs + s)
-        g = max(1, min(nb, _CHUNK_ELEMS // max(1, G * width)))
-        hb = G if g > 1 else max(1, min(G, _CHUNK_ELEMS // max(1, width)))
-        for h0 in range(0, G, hb):
-            h1 = min(G, h0 + hb)
-            nh = h1 - h0
-            for c0 in range(0, nb, g):
-                c1 = min(nb, c0 + g)
-                gc = c1 - c0
-                nv = min(c1 * qbs, nq) - c0 * qbs  # real (unpadded) query slots of the group
-                if nv <= 0:
-                    break
-                qrows = qi[h0:h1, c0 * qbs: c0 * qbs + nv]
-                krows = _pad_last(ki[h0:h1, c0 * bs: c1 * bs], gc * bs).reshape(-1)
-                qb = qf.index_select(0, _pad_last(qrows, gc * qbs).reshape(-1)).view(nh, gc, qbs, D).mul_(scale)
-                kb = kf.index_select(0, krows).view(nh, gc, bs, D)
-                vb = vf.index_select(0, krows).view(nh, gc, bs, dv)
-                sc = torch.matmul(qb, kb.transpose(-1, -2))  # (nh, gc, qbs, bs)
-                if pad_k and c1 == nb:
-                    sc[:, -1, :, bs - pad_k:] = float("-inf")
-                mx = sc.amax(-1, keepdim=True)  # finite: every key block holds a real key
-                if s:
-                    sr = torch.bmm(qb.view(nh, gc * qbs, D), k_smp[h0:h1].transpose(1, 2)).view(nh, gc, qbs, s)
-                    # a sample in the query's own block is already counted there: weight 0. Its
-                    # score is one of that block's scores, so the row maximum is unchanged.
-                    own = pick_block[h0:h1] == torch.arange(c0, c1, device=dev).view(1, gc, 1, 1)
-                    wr = torch.where(own, 0.0, w)  # (nh, gc, 1, s)
-                    torch.maximum(mx, sr.amax(-1, keepdim=True), out=mx)
-                eh = sc.sub_(mx).exp_()
-                num = (eh @ vb).view(nh, gc * qbs, dv)
-                den = eh.sum(-1).view(nh, gc * qbs)
-                if s:
-                    er = sr.sub_(mx).exp_().mul_(wr).view(nh, gc * qbs, s)
-                    num.baddbmm_(er, v_smp[h0:h1])
-                    den.add_(er.sum(-1))
-                num.div_(den.unsqueeze(-1))
-                den.log_().add_(mx.view(nh, gc * qbs))
-                dst = qrows.reshape(-1)
-                out.index_copy_(0, dst, num[:, :nv].reshape(-1, dv))
-                lse.index_copy_(0, dst, den[:, :nv].reshape(-1))
+        for h0, h1, c0, c1 in score_groups(G, nb, width, _CHUNK_ELEMS):
+            nh, gc = h1 - h0, c1 - c0
+            nv = min(c1 * qbs, nq) - c0 * qbs  # real (unpadded) query slots of the group
+            if nv <= 0:  # a group of padding only
+                continue
+            qrows = qi[h0:h1, c0 * qbs: c0 * qbs + nv]
+            krows = _pad_last(ki[h0:h1, c0 * bs: c1 * bs], gc * bs).reshape(-1)
+            qb = qf.index_select(0, _pad_last(qrows, gc * qbs).reshape(-1)).view(nh, gc, qbs, D).mul_(scale)
+            kb = kf.index_select(0, krows).view(nh, gc, bs, D)
+            vb = vf.index_select(0, krows).view(nh, gc, bs, dv)
+            sc = torch.matmul(qb, kb.transpose(-1, -2))  # (nh, gc, qbs, bs)
+            if pad_k and c1 == nb:
+                sc[:, -1, :, bs - pad_k:] = float("-inf")
+            mx = sc.amax(-1, keepdim=True)  # finite: every key block holds a real key
+            if s:
+                sr = torch.bmm(qb.view(nh, gc * qbs, D), k_smp[h0:h1].transpose(1, 2)).view(nh, gc, qbs, s)
+                # a sample in the query's own block is already counted there: weight 0. Its
+                # score is one of that block's scores, so the row maximum is unchanged.
+                own = pick_block[h0:h1] == torch.arange(c0, c1, device=dev).view(1, gc, 1, 1)
+                wr = torch.where(own, 0.0, w)  # (nh, gc, 1, s)
+                torch.maximum(mx, sr.amax(-1, keepdim=True), out=mx)
+            eh = sc.sub_(mx).exp_()
+            num = (eh @ vb).view(nh, gc * qbs, dv)
+            den = eh.sum(-1).view(nh, gc * qbs)
+            if s:
+                er = sr.sub_(mx).exp_().mul_(wr).view(nh, gc * qbs, s)
+                num.baddbmm_(er, v_smp[h0:h1])
+                den.add_(er.sum(-1))
+            num.div_(den.unsqueeze(-1))
+            den.log_().add_(mx.view(nh, gc * qbs))
+            dst = qrows.reshape(-1)
+            out.index_copy_(0, dst, num[:, :nv].reshape(-1, dv))
+            lse.index_copy_(0, dst, den[:, :nv].reshape(-1))
         return out.view(B, H, nq, dv), lse.view(B, H, nq)
 
     # --- causal ----------------------------------------------------------------------------

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from . import register
-from .base import AttentionMethod, check_positive_int
+from .base import AttentionMethod, check_positive_int, score_groups
 
 _POWER_SQUARINGS = 5  # 2**5 = 32 power iterations, as vit_models/kdeformer.py
 _BLOCK_ELEMS = 1 << 21  # score entries per group of query blocks in the PyTorch path
@@ -236,57 +236,51 @@ class KDEformer(AttentionMethod):
         out = torch.empty(BH * Nq, Dv, device=dev, dtype=dt)
         den_out = None if normalize else torch.empty(BH * Nq, device=dev, dtype=dt)
 
-        # Group G query blocks of hb heads so one group holds about _BLOCK_ELEMS scores.
+        # groups of query blocks and heads holding about _BLOCK_ELEMS scores each
         width = bq * (bk + m)
-        G = max(1, min(nb, _BLOCK_ELEMS // max(1, BH * width)))
-        hb = BH if G > 1 else max(1, min(BH, _BLOCK_ELEMS // max(1, width)))
-        for h0 in range(0, BH, hb):
-            h1 = min(BH, h0 + hb)
-            nh = h1 - h0
-            for c0 in range(0, nb, G):
-                c1 = min(nb, c0 + G)
-                g = c1 - c0
-                qrows = qi[h0:h1, c0 * bq : c1 * bq]  # (nh, g*bq)
-                krows = ki[h0:h1, c0 * bk : c1 * bk].reshape(-1)
-                qb = qf.index_select(0, qrows.reshape(-1)).view(nh, g, bq, D).mul_(s)
-                kb = kf.index_select(0, krows).view(nh, g, bk, D).mul_(s)
-                vb = vf.index_select(0, krows).view(nh, g, bk, Dv)
-                sh = qb @ kb.transpose(-1, -2)  # (nh, g, bq, bk)
-                if kmask is not None:
-                    sh.masked_fill_(kmask[c0:c1, None, :], neg)
+        for h0, h1, c0, c1 in score_groups(BH, nb, width, _BLOCK_ELEMS):
+            nh, g = h1 - h0, c1 - c0
+            qrows = qi[h0:h1, c0 * bq : c1 * bq]  # (nh, g*bq)
+            krows = ki[h0:h1, c0 * bk : c1 * bk].reshape(-1)
+            qb = qf.index_select(0, qrows.reshape(-1)).view(nh, g, bq, D).mul_(s)
+            kb = kf.index_select(0, krows).view(nh, g, bk, D).mul_(s)
+            vb = vf.index_select(0, krows).view(nh, g, bk, Dv)
+            sh = qb @ kb.transpose(-1, -2)  # (nh, g, bq, bk)
+            if kmask is not None:
+                sh.masked_fill_(kmask[c0:c1, None, :], neg)
+            if m > 0:
+                sr = torch.bmm(qb.view(nh, g * bq, D), ks[h0:h1].transpose(-1, -2)).view(nh, g, bq, m)
+                # a sample in the query's own block is counted exactly there: weight 0. Its
+                # score is also one of the block scores, so the row maximum is unchanged.
+                own = s_block[h0:h1, None] == torch.arange(c0, c1, device=dev)[None, :, None, None]
+                w = s_weight[h0:h1, None].masked_fill(own, 0.0)  # (nh, g, 1, m)
+                if not normalize:  # no shift: exp may overflow, so mask the scores themselves
+                    sr.masked_fill_(own, neg)
+            if normalize:
+                row_max = sh.amax(-1, keepdim=True)
                 if m > 0:
-                    sr = torch.bmm(qb.view(nh, g * bq, D), ks[h0:h1].transpose(-1, -2)).view(nh, g, bq, m)
-                    # a sample in the query's own block is counted exactly there: weight 0. Its
-                    # score is also one of the block scores, so the row maximum is unchanged.
-                    own = s_block[h0:h1, None] == torch.arange(c0, c1, device=dev)[None, :, None, None]
-                    w = s_weight[h0:h1, None].masked_fill(own, 0.0)  # (nh, g, 1, m)
-                    if not normalize:  # no shift: exp may overflow, so mask the scores themselves
-                        sr.masked_fill_(own, neg)
-                if normalize:
-                    row_max = sh.amax(-1, keepdim=True)
-                    if m > 0:
-                        row_max = torch.maximum(row_max, sr.amax(-1, keepdim=True))
-                    sh.sub_(row_max)
-                    if m > 0:
-                        sr.sub_(row_max)
-                eh = sh.exp_()  # masked entries underflow to 0
-                num = eh @ vb  # (nh, g, bq, Dv)
-                den = eh.sum(-1)
+                    row_max = torch.maximum(row_max, sr.amax(-1, keepdim=True))
+                sh.sub_(row_max)
                 if m > 0:
-                    er = sr.exp_().mul_(w)
-                    num.view(nh, g * bq, Dv).baddbmm_(er.view(nh, g * bq, m), vs[h0:h1])
-                    den.add_(er.sum(-1))
-                num = num.view(nh, g * bq, Dv)
-                den = den.view(nh, g * bq)
-                if normalize:
-                    num.div_(den.unsqueeze(-1))
-                if not all_q_valid:  # drop padded slots (they repeat a neighbouring query)
-                    keep = qvalid[c0:c1].reshape(-1)
-                    num, den, qrows = num[:, keep], den[:, keep], qrows[:, keep]
-                dst = qrows.reshape(-1)
-                out.index_copy_(0, dst, num.reshape(-1, Dv))
-                if den_out is not None:
-                    den_out.index_copy_(0, dst, den.reshape(-1))
+                    sr.sub_(row_max)
+            eh = sh.exp_()  # masked entries underflow to 0
+            num = eh @ vb  # (nh, g, bq, Dv)
+            den = eh.sum(-1)
+            if m > 0:
+                er = sr.exp_().mul_(w)
+                num.view(nh, g * bq, Dv).baddbmm_(er.view(nh, g * bq, m), vs[h0:h1])
+                den.add_(er.sum(-1))
+            num = num.view(nh, g * bq, Dv)
+            den = den.view(nh, g * bq)
+            if normalize:
+                num.div_(den.unsqueeze(-1))
+            if not all_q_valid:  # drop padded slots (they repeat a neighbouring query)
+                keep = qvalid[c0:c1].reshape(-1)
+                num, den, qrows = num[:, keep], den[:, keep], qrows[:, keep]
+            dst = qrows.reshape(-1)
+            out.index_copy_(0, dst, num.reshape(-1, Dv))
+            if den_out is not None:
+                den_out.index_copy_(0, dst, den.reshape(-1))
         out = out.view(B, H, Nq, Dv)
         if not normalize:
             return out, den_out.view(B, H, Nq)
