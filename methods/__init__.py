@@ -5,86 +5,58 @@ Every module in this package is imported on first lookup, so a new method is one
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
+
+from core.registry import Registry
 
 from .base import AttentionMethod
 
-_REGISTRY: dict[str, type[AttentionMethod]] = {}
-_loaded = False
+REGISTRY: Registry = Registry("method", __name__)
+register = REGISTRY.register
+names = REGISTRY.names
+get = REGISTRY.get
 
 
-def register(name: str) -> Callable[[type[AttentionMethod]], type[AttentionMethod]]:
-    """Class decorator adding an ``AttentionMethod`` subclass under ``name``."""
-
-    def deco(cls: type[AttentionMethod]) -> type[AttentionMethod]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method {name!r} is registered twice ({_REGISTRY[name].__name__}, {cls.__name__}).")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return deco
-
-
-def _load_all() -> None:
-    global _loaded
-    if _loaded:
-        return
-    for mod in pkgutil.iter_modules(__path__):
-        if mod.name not in ("base",) and not mod.name.startswith("_"):
-            importlib.import_module(f"{__name__}.{mod.name}")
-    _loaded = True
-
-
-def names() -> list[str]:
-    """Sorted names of all registered methods."""
-    _load_all()
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> type[AttentionMethod]:
-    """The class registered as ``name``; the error lists the available names."""
-    _load_all()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; available: {', '.join(sorted(_REGISTRY))}.")
-    return _REGISTRY[name]
-
-
-def build(cfg: Mapping[str, Any] | str, **overrides: Any) -> AttentionMethod:
-    """Instantiate a method from a config mapping ``{name: ..., <knob>: ...}`` or a bare name.
-
-    A ``preset`` entry (``+method/preset=NAME``: a mapping method name -> knobs, see
-    ``conf/method/preset/``) applies the paper setting for this method over the other knobs.
-
-    Unknown knobs raise ``ValueError`` naming the method and its accepted knobs.
-    """
-    import inspect
-
-    if isinstance(cfg, str):
-        params: dict[str, Any] = {"name": cfg}
-    else:
-        params = {str(k): v for k, v in dict(cfg).items()}
+def _split(cfg: Mapping[str, Any] | str, overrides: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    params: dict[str, Any] = {"name": cfg} if isinstance(cfg, str) else {str(k): to_plain(v) for k, v in dict(cfg).items()}
     params.update(overrides)
     name = params.pop("name", None)
     if name is None:
         raise ValueError("method config needs a 'name' key.")
+    return name, params
+
+
+def resolve(cfg: Mapping[str, Any] | str, **overrides: Any) -> dict[str, Any]:
+    """The method's effective knobs: ``cfg`` (and ``overrides``) over the constructor's defaults.
+
+    Unknown knobs raise ``ValueError`` naming the method and its accepted knobs. Paper presets
+    are composed into ``cfg`` by Hydra before command-line overrides (``preset=NAME``), so the
+    knobs here are exactly the ones that run.
+    """
+    import inspect
+
+    name, params = _split(cfg, overrides)
     cls = get(name)
-    preset = to_plain(params.pop("preset", None))
-    if preset:
-        if name not in preset:
-            covered = sorted(k for k in preset if k != "name")
-            raise ValueError(f"preset {preset.get('name')!r} has no settings for method {name!r}; it covers {covered}.")
-        params.update(preset[name])
     sig = inspect.signature(cls.__init__)
-    accepted = [p for p in sig.parameters if p != "self"]
-    has_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+    accepted = {p.name: p for p in sig.parameters.values()
+                if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
     unknown = [k for k in params if k not in accepted]
-    if unknown and not has_var_kw:
-        raise ValueError(f"method {name!r} has no parameter(s) {unknown}; it accepts {accepted}.")
-    params = {k: to_plain(v) for k, v in params.items()}
-    return cls(**params)
+    if unknown:
+        raise ValueError(f"method {name!r} has no parameter(s) {unknown}; it accepts {list(accepted)}.")
+    out: dict[str, Any] = {"name": name}
+    for k, p in accepted.items():
+        if k in params:
+            out[k] = params[k]
+        elif p.default is not inspect.Parameter.empty:
+            out[k] = p.default
+    return out
+
+
+def build(cfg: Mapping[str, Any] | str, **overrides: Any) -> AttentionMethod:
+    """Instantiate a method from a config mapping ``{name: ..., <knob>: ...}`` or a bare name
+    (knobs checked by ``resolve``; values checked by the constructor)."""
+    params = resolve(cfg, **overrides)
+    return get(params.pop("name"))(**params)
 
 
 def to_plain(v: Any) -> Any:
@@ -99,7 +71,7 @@ def to_plain(v: Any) -> Any:
     return v
 
 
-__all__ = ["AttentionMethod", "register", "build", "rebuild", "names", "get", "to_plain"]
+__all__ = ["AttentionMethod", "register", "resolve", "build", "rebuild", "names", "get", "to_plain"]
 
 
 def rebuild(method: AttentionMethod, **overrides: Any) -> AttentionMethod:

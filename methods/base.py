@@ -9,12 +9,15 @@ to the input dtype.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# the dtype names configs use (task.dtype); the one map of the suite
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def check_qkv(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False) -> None:
@@ -72,7 +75,8 @@ def resolve_budget(name: str, value: Any, n: int, *, allow_exceed: bool = True) 
     ``value`` is an int >= 1 or a float in (0, 1] (a fraction of ``n``, rounded up: 1.0 is all
     of ``n``; an integral float above 1, e.g. 64.0, is a count).
     With ``allow_exceed`` a budget above ``n`` is returned as ``n`` (the method is then exact
-    or degenerate by construction); without it, it is a ``ValueError``.
+    or degenerate by construction) and the call's row says ``budget_clipped``; without it, it is
+    a ``ValueError``.
     """
     if isinstance(value, float):
         if value > 1 and value.is_integer():
@@ -84,7 +88,13 @@ def resolve_budget(name: str, value: Any, n: int, *, allow_exceed: bool = True) 
     value = check_positive_int(name, value)
     if value > n and not allow_exceed:
         raise ValueError(f"method.{name}={value} exceeds the sequence length n={n}.")
+    if value > n:
+        _clipped.names = [*getattr(_clipped, "names", []), f"{name}={value} > n={n}"]
     return min(value, n)
+
+
+# budgets clipped to n during the current call (read by AttentionMethod.forward: budget_clipped)
+_clipped = threading.local()
 
 
 def score_groups(heads: int, blocks: int, width: int, budget: int) -> Iterator[tuple[int, int, int, int]]:
@@ -111,6 +121,7 @@ class AttentionMethod(torch.nn.Module):
     supports_bidirectional: bool = True
     supports_cross: bool = True  # Nq != Nk allowed (bidirectional only)
     upcast: bool = True  # compute fp16/bf16 inputs in float32, as the papers' code does
+    supports_grad: bool = True  # False: evaluation writes into preallocated buffers; no autograd
 
     def __init__(self) -> None:
         super().__init__()
@@ -146,12 +157,19 @@ class AttentionMethod(torch.nn.Module):
             raise NotImplementedError(f"{self.name} does not support causal attention (bidirectional only).")
         if not causal and not self.supports_bidirectional:
             raise NotImplementedError(f"{self.name} supports only causal attention; pass causal=True.")
+        if not self.supports_grad and torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+            raise NotImplementedError(
+                f"{self.name} does not support gradients (its chunked evaluation writes into preallocated "
+                "buffers); call it under torch.no_grad() or use a method that does."
+            )
         if q.shape[2] != k.shape[2] and not self.supports_cross:
             raise NotImplementedError(f"{self.name} needs as many queries as keys (no cross-attention).")
         dtype = q.dtype
         if self.upcast and dtype in (torch.float16, torch.bfloat16):
             q, k, v = q.float(), k.float(), v.float()
+        _clipped.names = []
         out = self._attend(q, k, v, causal=causal, scale=scale)
+        self._stats["budget_clipped"] = bool(_clipped.names)
         return out.to(dtype)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:

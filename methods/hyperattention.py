@@ -110,6 +110,8 @@ class HyperAttention(AttentionMethod):
     ``min_seq_len`` (4096): below it the call (causal: each diagonal block) is exact.
     """
 
+    supports_grad = False  # chunked evaluation into preallocated outputs (out=...): no autograd
+
     supports_causal = True
     supports_bidirectional = True
     supports_cross = True

@@ -121,6 +121,8 @@ class KDEformer(AttentionMethod):
     """KDEformer attention (see module docstring). Knobs: ``sample_size`` (residual samples m,
     0 disables the residual), ``bucket_size`` (keys per LSH block), ``num_projs`` (LSH bits)."""
 
+    supports_grad = False  # chunked evaluation into preallocated outputs (out=...): no autograd
+
     supports_causal = False
     supports_bidirectional = True
     supports_cross = True
@@ -177,7 +179,7 @@ class KDEformer(AttentionMethod):
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
         plan = self.plan(q, k, v)
-        Nq, Nk = q.shape[2], k.shape[2]
+        Nk = k.shape[2]
         nb, bk, m = plan["nb"], plan["bk"], plan["m"]
         self._stats = {
             "num_blocks": float(nb),

@@ -106,13 +106,14 @@ class Latte(AttentionMethod):
         threshold_layer: str | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not (float(threshold) >= 0) or threshold == float("inf"):
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= float(threshold) < float("inf"):
             raise ValueError(f"method.threshold must be a finite number >= 0, got {threshold!r}.")
         if heads is not None:
             check_positive_int("heads", heads)
         if score not in SCORES:
             raise ValueError(f"method.score must be one of {SCORES}, got {score!r}.")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (0 < float(temperature) < float("inf")):
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+                or not 0 < float(temperature) < float("inf"):
             raise ValueError(f"method.temperature must be a finite number > 0, got {temperature!r}.")
         check_positive_int("chunk_size", chunk_size)
         if backend not in BACKENDS:
@@ -257,7 +258,8 @@ class Latte(AttentionMethod):
             p = w / w.sum(dim=-1, keepdim=True)
             outs.append(p @ v)
             stats.kept += keep.sum(dim=(0, 2, 3)).double()
-            n_valid = valid.sum(dim=(0, 2, 3)).double() if valid is not None else torch.full_like(stats.valid, B * (stop - start) * Nk)
+            n_valid = (valid.sum(dim=(0, 2, 3)).double() if valid is not None
+                       else torch.full_like(stats.valid, B * (stop - start) * Nk))
             stats.valid += n_valid
         total_valid = float(stats.valid.sum())
         self._soft_kept = soft_sum / total_valid if train else None

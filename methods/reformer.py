@@ -13,6 +13,14 @@ Follows ``LSHAttention`` of lucidrains/reformer-pytorch, as vendored by the KDEf
 * ``shared_qk=True`` is the paper's shared-QK attention: k is ignored, keys are the queries
   normalised to unit length, and a token attends to itself only with score -5e4 (only when
   nothing else is visible).
+* Shared-QK cross-attention, Nq = c·Nk (c an integer), as the KDEformer and WildCat BigGAN scripts
+  run it (majid-daliri/kdeformer ``biggan_models/model_reformer.py`` ``fastformer``: 4096 queries,
+  1024 keys): the queries are cut into c consecutive chunks of Nk; each chunk runs shared-QK LSH
+  attention on its own, with its own normalised queries as keys and the layer's v as values (the
+  j-th query of a chunk carries value v_j), and fresh random rotations per chunk (a new call, hence a
+  new ``torch.randn``, per chunk in the reference; here one draw of c rotation sets from the method's
+  seeded generator). The chunks are evaluated together (folded into the batch). k is ignored. Nq not
+  a multiple of Nk raises NotImplementedError.
 
 Departures, all documented here:
 
@@ -21,11 +29,23 @@ Departures, all documented here:
   query chunk c (Nq/C queries) attends to key chunks c and c-1. Keys are not normalised and
   there is no self-mask, so with C = 1 (bucket_size ≥ Nk) the method is exact softmax attention.
   This also gives cross-attention (Nq != Nk, e.g. BigGAN's 4096 queries × 1024 keys). The
-  KDEformer BigGAN script instead ran shared-QK Reformer on chunks of the queries and ignored
-  the keys entirely; its FID is therefore not the number this variant should reproduce.
+  KDEformer and WildCat BigGAN scripts instead ran shared-QK Reformer on chunks of the queries and
+  ignored the keys entirely (``shared_qk=True`` above); their FIDs are therefore not the numbers
+  this variant should reproduce.
 * With C = 1 there is no look-back (it would repeat the only chunk).
 * Lengths that are not a multiple of the chunk size are padded; padded keys are sorted last and
-  masked, padded queries are dropped (the reference requires n divisible by 2·bucket_size).
+  masked, padded queries are dropped. The reference instead zero-pads q and v to a multiple of
+  2·bucket_size (T2T-ViT layer 2: 784 → 792 with bucket_size 12) and keeps the zero rows: they hash to
+  bucket 0 (all rotations of a zero vector tie), sort among the real tokens, and stay in the softmax
+  as keys with score 0 and value 0, so a query whose chunk (or look-back chunk) holds padding has its
+  weights shrunk by the extra exp(0) terms in the normaliser. Ours masks them (exact renormalisation
+  over the real keys). Bucket counts always agree (2·ceil(n / (2·bucket_size))); chunk counts agree
+  when ceil(n / bucket_size) is even (784 / 12: 66 chunks), otherwise ours has one chunk fewer (the
+  reference pads a whole extra chunk of zeros).
+* Look-one-back wraps within a hashing round (the first chunk of a round looks back at that round's
+  last chunk). The vendored lucidrains code lays all rounds' chunks end to end, so the first chunk of
+  round r > 0 looks back at the last chunk of round r-1 (``ReformerAttention2`` in the same file, the
+  HazyResearch/fly rewrite, notes this difference and keeps the look-back within the round, as here).
 * Causal: positions are compared after sorting (future keys masked). With separate hashing
   a query may not see its own key, so each query also attends to its own key through one extra
   slot (duplicates of it in the chunks are masked): every row has a visible key, as in the
@@ -67,7 +87,7 @@ class Reformer(AttentionMethod):
 
     supports_causal = True
     supports_bidirectional = True
-    supports_cross = True  # with shared_qk=False (shared-QK needs Nq == Nk)
+    supports_cross = True  # shared_qk=False: any Nq, Nk; shared_qk=True: Nq a multiple of Nk (query chunks)
 
     def __init__(self, bucket_size: int = 64, n_hashes: int = 8, shared_qk: bool = False):
         super().__init__()
@@ -86,7 +106,13 @@ class Reformer(AttentionMethod):
         the paper and the reference), so hashing costs O(n²·d / bucket_size) time, the one
         super-linear part of the method; it is done in row chunks so that memory stays O(n)
         instead of holding the (n × n_buckets) rotation products at once.
+
+        Rotations (G, D, R, nb/2): one set per group of B/G consecutive batch entries (the query
+        chunks folded into the batch by shared-QK cross-attention, chunk-major).
         """
+        if rotations.dim() == 4:
+            per = x.shape[0] // rotations.shape[0]
+            return torch.cat([self._hash(x[i * per : (i + 1) * per], rot) for i, rot in enumerate(rotations)])
         b, h, n, d = x.shape
         r, half = rotations.shape[1], rotations.shape[2]
         rot_mat = rotations.reshape(d, r * half)
@@ -100,11 +126,31 @@ class Reformer(AttentionMethod):
         return torch.cat(out, dim=2).transpose(2, 3)
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
+        nq, nk = q.shape[2], k.shape[2]
+        if not self.shared_qk or nq == nk:
+            return self._lsh(q, k, v, causal=causal, scale=scale)
+        # shared-QK with Nq = c·Nk (the KDEformer/WildCat BigGAN scripts): c consecutive query chunks of
+        # Nk, each attending shared-QK to its own normalised queries with the layer's v (value j for the
+        # chunk's j-th query). The chunks are folded into the batch (chunk-major), one rotation set each.
+        if nq % nk:
+            raise NotImplementedError(
+                f"reformer with shared_qk=True needs Nq to be a multiple of Nk (consecutive query chunks of Nk "
+                f"each attend to themselves with v), got Nq={nq}, Nk={nk}; use shared_qk=False."
+            )
+        c = nq // nk
+        bsz, heads, _, d = q.shape
+        dv = v.shape[-1]
+        qf = q.view(bsz, heads, c, nk, d).permute(2, 0, 1, 3, 4).reshape(c * bsz, heads, nk, d)
+        vf = v.unsqueeze(0).expand(c, -1, -1, -1, -1).reshape(c * bsz, heads, nk, dv)
+        out = self._lsh(qf, qf, vf, causal=causal, scale=scale, groups=c)  # k is ignored in shared-QK mode
+        return out.view(c, bsz, heads, nk, dv).permute(1, 2, 0, 3, 4).reshape(bsz, heads, nq, dv)
+
+    def _lsh(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float, groups: int = 1) -> Tensor:
+        """LSH attention with Nq == Nk when shared; ``groups`` > 1 (shared only): the batch holds that many
+        independent problems, chunk-major, each hashed with its own rotations."""
         bsz, heads, nq, d = q.shape
         nk, dv = k.shape[2], v.shape[-1]
         shared = self.shared_qk
-        if shared and nq != nk:
-            raise NotImplementedError("reformer with shared_qk=True needs as many queries as keys; use shared_qk=False.")
         bs = resolve_budget("bucket_size", self.bucket_size, nk)
         n_chunks = math.ceil(nk / bs)
         rounds = self.n_hashes if n_chunks > 1 else 1  # one chunk: every round is the same exact attention
@@ -120,7 +166,8 @@ class Reformer(AttentionMethod):
         # --- hash and sort by (bucket, position) ---------------------------------------
         if n_chunks > 1:
             half = math.ceil(n_chunks / 2)  # n_buckets = 2·half ≥ number of chunks
-            rotations = torch.randn(d, rounds, half, generator=self.generator(dev), device=dev, dtype=q.dtype)
+            shape = (d, rounds, half) if groups == 1 else (groups, d, rounds, half)
+            rotations = torch.randn(shape, generator=self.generator(dev), device=dev, dtype=q.dtype)
             kb = self._hash(k if not shared else q, rotations)
             qb = kb if shared else self._hash(q, rotations)
             n_buckets = 2 * half

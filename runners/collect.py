@@ -11,31 +11,38 @@ from pathlib import Path
 
 import pandas as pd
 
-from runners.run import KEY_COLUMNS
+import warnings
 
-CONTRACT_COLUMNS = [
-    "run_id", "status", "error", "method", "task", "n", "seed", "batch", "heads", "causal",
-    "rel_fro_error", "rel_spec_error", "max_abs_error", "latency_ms", "latency_p10_ms", "latency_p90_ms",
-    "exact_latency_ms", "speedup", "peak_mem_mb", "exact_peak_mem_mb", "top1", "top5", "fid", "is_mean",
-    "is_std", "ppl", "score", "kept_fraction", "device", "torch_version", "git_commit", "wall_s",
-]
+from core.schema import CONTRACT_COLUMNS, KEY_COLUMNS
 
 
 def load_rows(results_dir: str | Path = "results") -> pd.DataFrame:
-    """All rows of all runs, contract columns first (missing ones present and empty)."""
-    rows = []
+    """All rows of all runs, contract columns first (missing ones present and empty).
+
+    An unreadable run file is named in a warning (``UnreadableRunFile``) and counted in
+    ``df.attrs["unreadable"]``; its rows are missing from the table.
+    """
+    rows, bad = [], []
     for path in sorted((Path(results_dir) / "runs").glob("*.json")):
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            continue
-        rows.extend(data.get("rows", []))
+            rows.extend(data.get("rows", []))
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+            bad.append(path)
+            warnings.warn(f"unreadable run file {path} ({type(exc).__name__}: {exc}); its rows are not in the table.",
+                          UnreadableRunFile, stacklevel=2)
     df = pd.DataFrame(rows)
     for c in CONTRACT_COLUMNS:
         if c not in df.columns:
             df[c] = None
     rest = sorted(c for c in df.columns if c not in CONTRACT_COLUMNS)
-    return df[CONTRACT_COLUMNS + rest]
+    df = df[CONTRACT_COLUMNS + rest]
+    df.attrs["unreadable"] = [str(p) for p in bad]
+    return df
+
+
+class UnreadableRunFile(UserWarning):
+    """A run file under results/runs that is not valid JSON (e.g. a disk that filled up)."""
 
 
 def write_tables(df: pd.DataFrame, results_dir: str | Path = "results") -> list[Path]:
@@ -58,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     with pd.option_context("display.max_rows", 500, "display.width", 250, "display.float_format", "{:.4g}".format):
         print(df[cols].to_string(index=False) if len(df) else "(no rows)")
     print(f"{len(df)} rows -> {', '.join(map(str, paths))}")
+    if df.attrs.get("unreadable"):
+        print(f"{len(df.attrs['unreadable'])} unreadable run file(s) skipped: {', '.join(df.attrs['unreadable'])}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from core.schema import is_metric
+
 
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
@@ -18,12 +20,14 @@ def _clean(v: Any) -> Any:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and a rename (never half-written)."""
+    """Write ``obj`` as JSON to ``path`` via a temporary file and a rename (never half-written);
+    the file is readable by the group and others (0644)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=1, default=str)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -39,17 +43,21 @@ class RunRecord:
     """
 
     def __init__(self, runs_dir: str | Path, run_id: str, config: Mapping[str, Any]) -> None:
+        self.run_id = run_id
         self.path = Path(runs_dir) / f"{run_id}.json"
         self.data: dict[str, Any] = {"run_id": run_id, "status": "running", "config": dict(config), "rows": []}
 
     @staticmethod
     def load(runs_dir: str | Path, run_id: str) -> dict[str, Any] | None:
+        """The saved record, or ``None``; an unreadable file is named in a warning (it will be
+        overwritten by this run)."""
         path = Path(runs_dir) / f"{run_id}.json"
         if not path.is_file():
             return None
         try:
             return json.loads(path.read_text())
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            print(f"[attnbench] warning: run file {path} is unreadable ({exc}); this run overwrites it.")
             return None
 
     def add(self, row: Mapping[str, Any]) -> None:
@@ -65,13 +73,17 @@ class RunRecord:
 class NullLogger:
     def log_row(self, row: Mapping[str, Any]) -> None: ...
 
-    def finish(self) -> None: ...
+    def finish(self, error: str | None = None) -> None: ...
 
 
 class WandbLogger:
-    """One wandb run per attnbench run; runs of one experiment share a group.
+    """One wandb run per attnbench run, created after all measurements (see ``runners.run``).
 
-    Offline unless WANDB_MODE says otherwise (``logger.mode``, default ``offline``).
+    Config = the run's effective knobs (after presets); metrics = the measured columns only
+    (``core.schema.is_metric``); ``group`` = experiment name or sweep folder, ``job_type`` = task,
+    tags = method / task / source / preset. Rows with ``n`` use it as their step. System-stats
+    sampling and console capture are off. Offline unless WANDB_MODE says otherwise
+    (``logger.mode``, default ``offline``); a failed run is marked failed with its error.
     """
 
     def __init__(self, cfg: Mapping[str, Any], run_id: str, config: Mapping[str, Any], group: str | None) -> None:
@@ -81,23 +93,43 @@ class WandbLogger:
 
         wandb_dir = Path(cfg.get("dir", "results/wandb"))
         wandb_dir.mkdir(parents=True, exist_ok=True)
+        task = config.get("task", {})
+        tags = [str(x) for x in (config.get("method", {}).get("name"), task.get("name"), task.get("source"),
+                                  (config.get("preset") or {}).get("name")) if x and x != "none"]
         self.run = wandb.init(
             project=cfg.get("project", "attnbench"),
-            group=group,
+            group=str(group) if group else None,
+            job_type=task.get("name"),
+            tags=tags,
             name=run_id,
             config=dict(config),
             dir=str(wandb_dir),
             reinit="finish_previous",
+            settings=wandb.Settings(x_disable_stats=True, console="off", silent=True),
         )
+        self._step_defined = False
 
     def log_row(self, row: Mapping[str, Any]) -> None:
-        nums = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        self.run.log(nums)
-        for k, v in nums.items():
+        metrics = {k: v for k, v in row.items() if is_metric(k, v)}
+        if row.get("n") is not None:
+            if not self._step_defined:
+                self.run.define_metric("n")
+                self.run.define_metric("*", step_metric="n")
+                self._step_defined = True
+            metrics["n"] = row["n"]
+        self.run.log(metrics)
+        for k, v in metrics.items():
             self.run.summary[k] = v
 
-    def finish(self) -> None:
-        self.run.finish()
+    def finish(self, error: str | None = None) -> None:
+        if error:
+            self.run.summary["error"] = error
+        run_dir = getattr(self.run, "dir", None)
+        mode = os.environ.get("WANDB_MODE", "offline")
+        self.run.finish(exit_code=1 if error else 0)
+        if run_dir and mode == "offline":
+            offline = Path(run_dir).parent
+            print(f"[attnbench] wandb (offline): {offline}; upload with: wandb sync {offline}")
 
 
 def make_logger(cfg: Mapping[str, Any] | None, run_id: str, config: Mapping[str, Any], group: str | None):

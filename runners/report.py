@@ -1,9 +1,12 @@
 """Paper-style table and figures for one experiment, from saved rows only (never reruns).
 
-``python -m runners.report --experiment NAME [--results-dir results] [--out-dir DIR]``
-takes the rows whose ``experiment`` column is NAME and ``status`` is ok and writes
+``python -m runners.report --experiment NAME [--results-dir results] [--out-dir DIR] [--force]``
+reads the rows of conf/experiment/NAME.yaml's current grid (its sweep's methods × its ``task.n``
+× the other swept knobs, e.g. budgets and seeds), the latest run of each config, prints the grid
+coverage ("8/8 methods × 7/7 n = 56/56 configs") and writes, by default under the untracked
+``<results-dir>/reports/<NAME>/`` (files tracked by git are never replaced without ``--force``):
 
-- ``<out>/<NAME>_table.csv`` and ``<NAME>_table.md``: one line per method and the knobs that vary
+- ``<NAME>_table.csv`` and ``<NAME>_table.md``: one line per method and the knobs that vary
   (method knobs folded into a ``knobs`` column, varying task columns such as ``n`` or
   ``task.budget`` as their own columns), every metric as mean and sd over seeds, plus derived
   columns: ``speedup`` (exact_latency_ms / latency_ms of the same run), ``is_degradation_pct``
@@ -11,34 +14,56 @@ takes the rows whose ``experiment`` column is NAME and ``status`` is ok and writ
   (exact matched by seed and the varying task columns; then averaged over seeds), and, when n
   varies, ``latency_slope`` / ``mem_slope`` (least squares on log-log over all n) and
   ``latency_slope_large_n`` (over n ≥ LARGE_N = 4096 only, where fixed costs no longer hide the
-  growth); exact's in ``<NAME>_slopes.csv``;
-- ``<out>/figures/<NAME>_*.png|pdf``: error vs budget, error vs latency (Pareto), log-log latency
-  and memory vs n with fitted slopes, accuracy / FID / IS vs speed-up, as the columns allow.
+  growth); exact's in ``<NAME>_slopes.csv``; the markdown starts with the setup and coverage;
+- ``figures/<NAME>_*.png|pdf``: error vs budget, error vs latency (budget written at each point),
+  log-log latency (p10–p90 bands), memory (with the dense n×n score matrix as reference),
+  speed-up (95 % intervals) and error vs n, accuracy / FID / IS vs speed-up, as the columns allow;
+  each titled with its measurement and subtitled with the setup.
 
-Rows with status=error are listed (method, knobs, message) at the end of the markdown.
+An unknown NAME exits with status 2 and the list of experiments (``glove_error`` and
+``smollm2_error`` name the same experiment: rows under either name are read); a refused
+overwrite exits with status 3. Rows with status=error are listed (method, knobs, message) at
+the end of the markdown.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
 
 from runners import plots
 from runners.collect import load_rows
 
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"
+# Two names of one experiment (GloVe-style error vs budget, run on SmolLM2 attention): rows saved
+# under either count, the config that exists decides the report's name.
+ALIASES = {"glove_error": "smollm2_error", "smollm2_error": "glove_error"}
+TIME_COLUMNS = ("finished_at", "timestamp", "time", "created_at", "started_at")  # when a row was written
+
 METRICS = [
-    "rel_spec_error", "rel_fro_error", "max_abs_error", "latency_ms", "exact_latency_ms", "speedup",
+    "rel_spec_error", "rel_fro_error", "max_abs_error", "latency_ms", "latency_p10_ms", "latency_p90_ms",
+    "exact_latency_ms", "speedup", "speedup_lo", "speedup_hi",
     "peak_mem_mb", "exact_peak_mem_mb", "top1", "top5", "fid", "is_mean", "is_std", "ppl", "score",
     "kept_fraction", "is_degradation_pct", "fid_degradation_pct",
 ]
 EXTRA_SUFFIXES = ("_speedup", "_latency_ms", "agreement")  # task-specific metric columns kept too
 ROW_AXES = ["n", "batch", "heads", "causal"]  # row columns that become group keys when they vary
-BUDGET_COLUMNS = ["task.budget", "budget"]
+BUDGET_COLUMNS = ["task.budget", "preset.budget", "budget"]
 ERROR_COLUMNS = ["rel_spec_error", "rel_fro_error"]
 LARGE_N = 4096  # latency_slope_large_n fits n >= LARGE_N only
 SKIP_TASK = {"task.n", "task.cache_dir", "task.glove_path", "task.checkpoint", "task.data_root"}
@@ -63,9 +88,10 @@ def select(df: pd.DataFrame, experiment: str) -> tuple[pd.DataFrame, pd.DataFram
 
 
 def task_keys(df: pd.DataFrame) -> list[str]:
-    """Row axes and ``task.*`` columns whose value varies across the experiment's rows."""
+    """Row axes and ``task.*`` / ``preset.*`` columns whose value varies across the experiment's rows."""
     keys = [c for c in ROW_AXES if c in df and _varies(df[c])]
-    keys += sorted(c for c in df.columns if c.startswith("task.") and c not in SKIP_TASK and _varies(df[c]))
+    keys += sorted(c for c in df.columns
+                   if c.startswith(("task.", "preset.")) and c not in SKIP_TASK and _varies(df[c]))
     return keys
 
 
@@ -200,74 +226,534 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def figures(rows: pd.DataFrame, name: str, out_dir: Path) -> list[Path]:
-    """Every figure the experiment's columns allow (see module docstring)."""
+# ------------------------------------------------------------------------------ experiments, grid
+
+class UnknownExperiment(LookupError):
+    """No conf/experiment/<name>.yaml (nor an alias of one)."""
+
+
+class OverwriteRefused(FileExistsError):
+    """A report file would replace a file tracked by git (and ``force`` was not given)."""
+
+
+def experiment_names(conf_dir: str | Path = CONF_DIR) -> list[str]:
+    return sorted(p.stem for p in (Path(conf_dir) / "experiment").glob("*.yaml"))
+
+
+def resolve_experiment(name: str, conf_dir: str | Path = CONF_DIR) -> tuple[str, list[str]]:
+    """(config name, experiment names whose rows count). ``name`` may be an alias
+    (``ALIASES``): rows saved under either name of a renamed experiment are read."""
+    known = experiment_names(conf_dir)
+    if name in known:
+        cfg_name = name
+    elif ALIASES.get(name) in known:
+        cfg_name = ALIASES[name]
+    else:
+        aliases = [f"{a} (= {c})" for a, c in ALIASES.items() if c in known and a not in known]
+        raise UnknownExperiment(f"unknown experiment {name!r}; known: {', '.join(known + aliases) or '(none)'} "
+                                f"(conf/experiment/*.yaml under {conf_dir})")
+    names = [cfg_name] + [a for a, c in ALIASES.items() if c == cfg_name and a != cfg_name]
+    return cfg_name, names
+
+
+@dataclass
+class Axis:
+    """One swept dimension: the row columns it sets and its values (canonical strings)."""
+    label: str
+    columns: tuple[str, ...]
+    values: list[tuple]
+    # for rows that lack the column (older rows): other column -> {its value: this axis's value}
+    fallback: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class Grid:
+    experiment: str
+    axes: list[Axis] = field(default_factory=list)
+
+    @property
+    def columns(self) -> list[str]:
+        return [c for a in self.axes for c in a.columns]
+
+    def configs(self) -> list[tuple]:
+        return [sum(p, ()) for p in itertools.product(*(a.values for a in self.axes))]
+
+
+def _canon(v: Any) -> str | None:
+    """A comparable spelling of a config value: 64, 64.0 and '64' -> '64'; True -> 'true'."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v)).lower()
+    if isinstance(v, str):
+        t = v.strip()
+        if t.lower() in ("true", "false"):
+            return t.lower()
+        try:
+            f = float(t)
+        except ValueError:
+            return t
+    else:
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            return json.dumps(v, sort_keys=True, default=str)
+    if math.isnan(f):
+        return None
+    return str(int(f)) if f.is_integer() else repr(f)
+
+
+def _column_of(key: str, raw: dict) -> str | None:
+    """The row column a sweep key sets: ``method``, ``seed``, ``preset`` (its name), ``task.*`` /
+    ``method.*`` / ``preset.*`` as they are; another key through the task / method entry that
+    interpolates it (``budget`` -> ``task.budget`` via ``task.budget: ${budget}``)."""
+    if key in ("method", "seed", "preset") or key.startswith(("task.", "method.", "preset.")):
+        return key
+    for section in ("task", "method"):
+        for k, v in (raw.get(section) or {}).items():
+            if isinstance(v, str) and v.replace(" ", "") == "${" + key + "}":
+                return f"{section}.{k}"
+    return None
+
+
+AXIS_LABELS = {"method": "methods", "seed": "seeds", "n": "n", "task.budget": "budgets", "preset": "presets",
+               "preset.budget": "budgets"}
+
+
+def _yaml(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+
+
+def load_grid(name: str, conf_dir: str | Path = CONF_DIR) -> Grid:
+    """The current grid of conf/experiment/<name>.yaml: its ``hydra.sweeper.params`` (methods,
+    seeds, budgets, …, mapped to row columns) × its ``task.n`` values; the seed, when not swept,
+    is the experiment's (or conf/config.yaml's) seed."""
+    conf_dir = Path(conf_dir)
+    raw = _yaml(conf_dir / "experiment" / f"{name}.yaml")
+    params = ((raw.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+    parser = OverridesParser.create()
+    grid = Grid(name)
+    for key, text in params.items():
+        ov = parser.parse_override(f"{key}={text}")
+        vals = list(ov.sweep_iterator()) if ov.is_sweep_override() else [ov.value()]
+        if key == "task.n":
+            ns = sorted({int(x) for v in vals for x in (v if isinstance(v, list) else [v])})
+            grid.axes.append(Axis("n", ("n",), [(_canon(x),) for x in ns]))
+            continue
+        if vals and all(isinstance(v, dict) for v in vals):  # e.g. needle_case: {press, compression_ratio}
+            subs = [(sk, _column_of(f"{key}.{sk}", raw)) for sk in sorted({k for v in vals for k in v})]
+            subs = [(sk, col) for sk, col in subs if col]
+            if subs:
+                grid.axes.append(Axis(key, tuple(c for _, c in subs),
+                                      list(dict.fromkeys(tuple(_canon(v.get(sk)) for sk, _ in subs) for v in vals))))
+            continue
+        col = _column_of(key, raw)
+        if col == "preset":  # older rows carry no preset name: match them by the preset's budget
+            budgets = {}
+            for v in vals:
+                f = conf_dir / "preset" / f"{v}.yaml"
+                b = _yaml(f).get("budget") if f.is_file() else None
+                if b is not None:
+                    budgets[_canon(b)] = _canon(v)
+            grid.axes.append(Axis("presets", ("preset",), list(dict.fromkeys((_canon(v),) for v in vals)),
+                                  {"preset.budget": budgets, "task.budget": budgets} if budgets else {}))
+            continue
+        if col is None:
+            print(f"[report] sweep key {key!r} of {name} sets no row column; not part of the grid filter",
+                  file=sys.stderr)
+            continue
+        grid.axes.append(Axis(AXIS_LABELS.get(col, col), (col,), list(dict.fromkeys((_canon(v),) for v in vals))))
+    have = set(grid.columns)
+    if "method" not in have:
+        for d in raw.get("defaults") or []:
+            if isinstance(d, dict) and d.get("override /method"):
+                grid.axes.insert(0, Axis("methods", ("method",), [(_canon(d["override /method"]),)]))
+    if "seed" not in have:
+        seed = raw.get("seed")
+        if seed is None:
+            base = conf_dir / "config.yaml"
+            seed = _yaml(base).get("seed", 0) if base.is_file() else 0
+        grid.axes.append(Axis("seeds", ("seed",), [(_canon(seed),)]))
+    task_n = (raw.get("task") or {}).get("n")
+    if "n" not in set(grid.columns) and task_n is not None:
+        ns = task_n if isinstance(task_n, list) else [task_n]
+        grid.axes.append(Axis("n", ("n",), [(_canon(x),) for x in ns]))
+    order = {"methods": 0, "n": 2, "seeds": 3}
+    grid.axes.sort(key=lambda a: order.get(a.label, 1))
+    return grid
+
+
+def row_times(rows: pd.DataFrame, results_dir: str | Path | None) -> pd.Series:
+    """When each row was written (seconds since the epoch): a time column when the rows carry
+    one (``TIME_COLUMNS``), else the mtime of ``<results_dir>/runs/<run_id>.json``; −inf when
+    neither is known (then the later row in the table counts as later)."""
+    t = pd.Series(np.nan, index=rows.index, dtype=float)
+    for c in TIME_COLUMNS:
+        if c in rows and rows[c].notna().any():
+            v = pd.to_numeric(rows[c], errors="coerce")
+            if v.isna().all():
+                v = pd.to_datetime(rows[c], errors="coerce", utc=True).map(
+                    lambda x: x.timestamp() if pd.notna(x) else np.nan)
+            t = t.fillna(v.astype(float))
+    if results_dir is not None and "run_id" in rows and t.isna().any():
+        runs = Path(results_dir) / "runs"
+        mt = {}
+        for rid in rows.loc[t.isna(), "run_id"].dropna().unique():
+            p = runs / f"{rid}.json"
+            mt[rid] = p.stat().st_mtime if p.is_file() else np.nan
+        t = t.fillna(rows["run_id"].map(mt).astype(float))
+    return t.fillna(-np.inf)
+
+
+@dataclass
+class GridSelection:
+    ok: pd.DataFrame
+    errors: pd.DataFrame
+    coverage: str
+    missing: list[str]
+    outside: int
+    superseded: int
+
+
+def apply_grid(rows: pd.DataFrame, grid: Grid, when: pd.Series) -> GridSelection:
+    """Rows of the grid's configs only; of several rows of one config (method, swept knobs,
+    seed, n), those of the latest run. An error row (no n) counts for its config unless an ok
+    row of that config is newer."""
+    rows = rows.assign(_when=when.reindex(rows.index).to_numpy(), _pos=np.arange(len(rows)))
+    canon = pd.DataFrame({c: (rows[c].map(_canon) if c in rows else pd.Series(None, index=rows.index, dtype=object))
+                          for c in grid.columns}, index=rows.index)
+    for a in grid.axes:
+        for other, mapping in a.fallback.items():
+            if other in rows and len(a.columns) == 1:
+                col = a.columns[0]
+                canon[col] = canon[col].where(canon[col].notna(), rows[other].map(_canon).map(mapping))
+    ok_status = rows["status"] == "ok"
+    inside = pd.Series(True, index=rows.index)
+    for a in grid.axes:
+        tup = canon[list(a.columns)].apply(tuple, axis=1)
+        hit = tup.isin(set(a.values))
+        if a.columns == ("n",):
+            hit |= ~ok_status & canon["n"].isna()  # error rows carry no n
+        inside &= hit
+    d, c = rows[inside], canon[inside]
+    outside = int((~inside).sum())
+    key_cols = list(grid.columns)
+    run = d["run_id"].fillna(pd.Series(d.index.astype(str), index=d.index)) if "run_id" in d else \
+        pd.Series(d.index.astype(str), index=d.index)
+    keyed = c.assign(_run=run, _when=d["_when"], _pos=d["_pos"], _ok=d["status"] == "ok")
+    ok_k = keyed[keyed["_ok"]].sort_values(["_when", "_pos"], kind="stable")
+    latest = ok_k.groupby(key_cols, dropna=False)["_run"].last()
+    ok_keep = ok_k.join(latest.rename("_latest"), on=key_cols)
+    ok_idx = ok_keep.index[ok_keep["_run"] == ok_keep["_latest"]]
+    # error rows: latest error run per config (without n), dropped when a newer ok row exists
+    no_n = [k for k in key_cols if k != "n"]
+    err_k = keyed[~keyed["_ok"]].sort_values(["_when", "_pos"], kind="stable")
+    err_keep = err_k.groupby(no_n, dropna=False).tail(1) if len(err_k) else err_k
+    if len(err_keep) and len(ok_k):
+        newest_ok = ok_k.groupby(no_n, dropna=False)["_when"].max().rename("_ok_when")
+        err_keep = err_keep.join(newest_ok, on=no_n)
+        err_keep = err_keep[~(err_keep["_ok_when"] >= err_keep["_when"])]
+    ok = d.loc[ok_idx].sort_values("_pos").drop(columns=["_when", "_pos"])
+    errors = d.loc[err_keep.index].sort_values("_pos").drop(columns=["_when", "_pos"])
+    superseded = len(d) - len(ok) - len(errors)
+    # coverage: per axis, values with at least one ok row; and whole configs
+    got = c.loc[ok.index]
+    parts = []
+    for a in grid.axes:
+        have = set(got[list(a.columns)].apply(tuple, axis=1)) if len(got) else set()
+        if len(a.values) > 1 or a.label in ("methods", "n"):
+            parts.append(f"{len(have & set(a.values))}/{len(a.values)} {a.label}")
+    configs = grid.configs()
+    have_cfg = set(got[key_cols].apply(tuple, axis=1)) if len(got) else set()
+    missing = [", ".join(f"{col}={v}" for col, v in zip(key_cols, cfg)) for cfg in configs if cfg not in have_cfg]
+    coverage = " × ".join(parts) + f" = {len(configs) - len(missing)}/{len(configs)} configs"
+    return GridSelection(ok, errors, coverage, missing, outside, superseded)
+
+
+# ------------------------------------------------------------------------------ titles and setup
+
+SOURCE_LABELS = {"smollm2": "SmolLM2-135M attention inputs", "glove": "GloVe twitter-100d vectors (Q = K)",
+                 "gaussian": "Gaussian q, k, v"}
+ERROR_NAMES = {"rel_spec_error": "spectral-norm", "rel_fro_error": "Frobenius-norm"}
+
+
+def _first(df: pd.DataFrame, *cols: str) -> pd.Series | None:
+    for c in cols:
+        if c in df and df[c].notna().any():
+            return df[c]
+    return None
+
+
+def _distinct(s: pd.Series | None) -> list[str]:
+    if s is None:
+        return []
+    vals = [_fmt_knob(v) if not isinstance(v, float) or not math.isnan(v) else None for v in s.dropna()]
+    return sorted({v for v in vals if v is not None}, key=lambda v: (len(v), v))
+
+
+def _span(vals: list[str], fmt=lambda v: v) -> str:
+    """'a' for one value, 'a–b' for a numeric range, 'a / b / c' otherwise."""
+    if len(vals) == 1:
+        return fmt(vals[0])
+    nums = pd.to_numeric(pd.Series(vals), errors="coerce")
+    if nums.notna().all():
+        return f"{fmt(_fmt_knob(float(nums.min())))}–{fmt(_fmt_knob(float(nums.max())))}"
+    return " / ".join(fmt(v) for v in vals)
+
+
+def _kilo(v: str) -> str:
+    x = pd.to_numeric(v, errors="coerce")
+    return f"{x / 1024:g}k" if pd.notna(x) and x >= 1024 and x % 1024 == 0 else v
+
+
+def data_label(rows: pd.DataFrame) -> str:
+    """What the attention inputs are (from the ``source`` / ``task.source`` column)."""
+    out = []
+    for src in _distinct(_first(rows, "source", "task.source")):
+        text = SOURCE_LABELS.get(src, src)
+        if src == "smollm2":
+            layers = _distinct(_first(rows, "task.layer"))
+            text += f" (layer {_span(layers)})" if layers else ""
+        out.append(text)
+    return " / ".join(out)
+
+
+def setup_line(rows: pd.DataFrame, experiment: str, coverage: str | None = None) -> str:
+    """One line of the setup the rows share (values that differ are listed): data, n, batch,
+    heads, head dim, dtype, budget, masking, device, threads, seeds, commit."""
+    parts = []
+    data = data_label(rows)
+    if data:
+        parts.append(data)
+    n = _distinct(_first(rows, "n"))
+    if n:
+        parts.append(f"n = {_span(n, _kilo)}")
+    shape = []
+    for col, fmt in (("batch", "batch {}"), ("heads", "{} heads"), ("head_dim", "d = {}")):
+        v = _distinct(_first(rows, col, f"task.{col}"))
+        if v:
+            shape.append(fmt.format(_span(v)) if v != ["1"] or col != "heads" else "1 head")
+    if shape:
+        parts.append(" × ".join(shape))
+    dt = _distinct(_first(rows, "dtype", "task.dtype"))
+    if dt:
+        parts.append(_span(dt))
+    budget = _first(rows, *BUDGET_COLUMNS)
+    if budget is not None and len(_distinct(budget)) == 1:
+        parts.append(f"budget m = {_distinct(budget)[0]}")
+    elif budget is None:
+        preset = [p for p in _distinct(_first(rows, "preset", "method.preset")) if p != "none"]
+        m = re.search(r"_[bm](\d+)$", preset[0]) if len(preset) == 1 else None
+        if m:
+            parts.append(f"budget {m.group(1)} (preset {preset[0]})")
+        elif preset:
+            parts.append(f"preset {_span(preset)}")
+    causal = _distinct(_first(rows, "causal", "task.causal"))
+    if causal:
+        parts.append(" / ".join("causal" if c.lower() == "true" else "bidirectional" for c in causal))
+    dev = _distinct(_first(rows, "device"))
+    if dev:
+        parts.append(_span(dev))
+    threads = _distinct(_first(rows, "num_threads"))
+    if threads and not any("thread" in d for d in dev):
+        parts.append(f"{_span(threads)} threads")
+    seeds = _distinct(_first(rows, "seed"))
+    if seeds:
+        parts.append(f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
+    commits = _distinct(_first(rows, "git_commit"))
+    if commits:
+        parts.append(f"commit {commits[0]}" if len(commits) == 1 else f"{len(commits)} commits")
+    parts.append(f"experiment {experiment}" + (f" ({coverage})" if coverage else ""))
+    return " · ".join(parts)
+
+
+# ------------------------------------------------------------------------------ figures
+
+def figures(rows: pd.DataFrame, name: str, out_dir: Path, subtitle: str | None = None) -> list[Path]:
+    """Every figure the experiment's columns allow (see module docstring), each titled with its
+    measurement and subtitled with the setup (``setup_line``)."""
     keys = task_keys(rows)
     df = add_derived(rows, keys)
-    for c in metric_columns(df):
+    for c in metric_columns(df) + [c for c in ("latency_p10_ms", "latency_p90_ms", "exact_latency_p10_ms",
+                                               "exact_latency_p90_ms", "batch", "heads") if c in df]:
         df[c] = _num(df[c])
+    sub = setup_line(rows, name) if subtitle is None else subtitle
     paths: list[Path] = []
     budget = next((c for c in BUDGET_COLUMNS if c in df and _varies(df[c])), None)
     if budget:
         df[budget] = _num(df[budget])
     err = [c for c in ERROR_COLUMNS if c in df and df[c].notna().any()]
     approx = df[df["method"] != "exact"]
-    for e in err[:1] + [c for c in err[1:]]:
+    for e in err:
         tag = "spec" if e == "rel_spec_error" else "fro"
+        what = f"Relative {ERROR_NAMES[e]} error of the attention output"
         if budget:
             paths += plots.metric_vs_x(approx, budget, e, out_dir, f"{name}_error_{tag}_vs_budget",
-                                       title=f"{name}: error vs budget")
+                                       title=f"{what} vs feature budget", subtitle=sub)
         if "latency_ms" in df and df["latency_ms"].notna().any() and (budget or "n" not in keys):
             paths += plots.pareto(approx, e, out_dir, f"{name}_error_{tag}_vs_latency", budget=budget,
-                                  title=f"{name}: error vs latency")
+                                  title=f"{what} vs latency", subtitle=sub)
     if "n" in keys:
         df["n"] = _num(df["n"])
         if df["latency_ms"].notna().any():
             p, _ = plots.scaling(df, "latency_ms", out_dir, f"{name}_latency_vs_n", exact_col="exact_latency_ms",
-                                 title=f"{name}: latency vs n")
+                                 title="Latency of one attention call vs sequence length", subtitle=sub)
             paths += p
         if "peak_mem_mb" in df and df["peak_mem_mb"].notna().any():
             p, _ = plots.scaling(df, "peak_mem_mb", out_dir, f"{name}_memory_vs_n", exact_col="exact_peak_mem_mb",
-                                 title=f"{name}: peak memory vs n")
+                                 title="Peak memory of one attention call vs sequence length", subtitle=sub,
+                                 dense_reference=True)
             paths += p
+        if "speedup" in df and approx["speedup"].notna().any():
+            paths += plots.speedup_vs_n(approx, out_dir, f"{name}_speedup_vs_n",
+                                        title="Speed-up over exact attention vs sequence length", subtitle=sub)
         for e in err[:1]:
-            paths += plots.metric_vs_x(approx, "n", e, out_dir, f"{name}_error_vs_n", title=f"{name}: error vs n")
+            paths += plots.metric_vs_x(approx, "n", e, out_dir, f"{name}_error_vs_n", subtitle=sub,
+                                       title=f"Relative {ERROR_NAMES[e]} error of the attention output "
+                                             "vs sequence length")
     if "speedup" in df and df["speedup"].notna().any():
         for y in ("top1", "fid", "is_mean", "ppl", "score"):
             if y in df and df[y].notna().any():
-                paths += plots.metric_vs_x(df, "speedup", y, out_dir, f"{name}_{y}_vs_speedup",
-                                           title=f"{name}: {plots.axis_label(y)} vs speed-up", logx=True, logy=False)
+                paths += plots.metric_vs_x(df, "speedup", y, out_dir, f"{name}_{y}_vs_speedup", subtitle=sub,
+                                           title=f"{plots.axis_label(y)[:1].upper() + plots.axis_label(y)[1:]} "
+                                                 f"vs attention speed-up")
     return paths
 
 
+# ------------------------------------------------------------------------------ writing
+
+def tracked_by_git(paths: list[Path]) -> list[Path]:
+    """Those of ``paths`` that git tracks (in the index of the repository holding them). Outside a
+    git checkout, or without git, nothing is tracked."""
+    paths = [Path(p).resolve() for p in paths]
+    if not paths:
+        return []
+    anchor = paths[0].parent
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    try:
+        top = subprocess.run(["git", "-C", str(anchor), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=30)
+        if top.returncode != 0:
+            return []
+        root = Path(top.stdout.strip()).resolve()
+        rel = {}
+        for p in paths:
+            try:
+                rel[p] = p.relative_to(root).as_posix()
+            except ValueError:
+                continue
+        if not rel:
+            return []
+        out = subprocess.run(["git", "--literal-pathspecs", "-C", str(root), "ls-files", "-z", "--", *rel.values()],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    tracked = set(out.stdout.split("\0")) - {""} if out.returncode == 0 else set()
+    return [p for p, r in rel.items() if r in tracked]
+
+
+def default_out_dir(results_dir: str | Path, experiment: str) -> Path:
+    return Path(results_dir) / "reports" / experiment
+
+
 def report(results_dir: str | Path, experiment: str, out_dir: str | Path | None = None,
-           rows: pd.DataFrame | None = None) -> dict[str, Any]:
-    """Write the table (csv, md), slopes and figures of ``experiment``; returns what was written."""
-    out = Path(out_dir if out_dir is not None else results_dir)
-    all_rows = load_rows(results_dir) if rows is None else rows
-    ok, bad = select(all_rows, experiment)
+           rows: pd.DataFrame | None = None, *, conf_dir: str | Path = CONF_DIR, force: bool = False,
+           use_grid: bool = True) -> dict[str, Any]:
+    """Write the table (csv, md), slopes and figures of ``experiment`` under ``out_dir`` (default
+    ``<results_dir>/reports/<experiment>/``); returns what was written and the grid coverage.
+
+    Only the rows of the experiment's current grid count (``load_grid``; ``use_grid=False``: all
+    rows of the experiment, e.g. an ad-hoc ``experiment_name`` without a config), the latest of
+    each config. Everything is rendered first; if any file to write is tracked by git, nothing
+    is written and ``OverwriteRefused`` is raised unless ``force``."""
+    try:
+        cfg_name, names = resolve_experiment(experiment, conf_dir)
+        grid = load_grid(cfg_name, conf_dir) if use_grid else None
+    except UnknownExperiment:
+        if use_grid:
+            raise
+        cfg_name, names, grid = experiment, [experiment], None
+    out = Path(out_dir) if out_dir is not None else default_out_dir(results_dir, cfg_name)
+    all_rows = load_rows(results_dir) if rows is None else rows.copy()
+    if "status" not in all_rows:
+        all_rows["status"] = "ok"
+    mine = all_rows[all_rows["experiment"].isin(names)] if "experiment" in all_rows else all_rows.iloc[0:0]
+    if grid is not None:
+        files_dir = results_dir if rows is None or (Path(results_dir) / "runs").is_dir() else None
+        sel = apply_grid(mine, grid, row_times(mine, files_dir))
+        ok, bad = sel.ok.copy(), sel.errors.copy()
+        coverage = sel.coverage
+        dropped = f"{sel.superseded} superseded by later runs, {sel.outside} outside the grid"
+    else:
+        ok, bad = select(mine.assign(experiment=cfg_name), cfg_name)
+        coverage, dropped, sel = "no grid filter", "", None
     if ok.empty:
+        hint = (f"; the grid ({' × '.join(a.label for a in grid.axes)}) matched none of the "
+                f"{len(mine)} rows" if grid is not None and len(mine) else "")
         raise SystemExit(f"no ok rows with experiment={experiment!r} under {results_dir}/runs "
-                         f"({len(bad)} error rows); run: python run.py -m +experiment={experiment}")
+                         f"({len(bad)} error rows){hint}; run: python run.py -m +experiment={experiment}")
+    ok = _coalesce_budget(ok)
     table, slopes = build_table(ok)
-    out.mkdir(parents=True, exist_ok=True)
-    csv, md = out / f"{experiment}_table.csv", out / f"{experiment}_table.md"
-    table.to_csv(csv, index=False)
-    text = f"# {experiment}\n\n{len(ok)} ok rows, {len(bad)} error rows; mean ± sd over seeds.\n\n" + to_markdown(table)
-    written = [csv, md]
-    if len(slopes):
-        sp = out / f"{experiment}_slopes.csv"
-        slopes.to_csv(sp, index=False)
-        written.append(sp)
-        text += "\n## Log-log slopes (least squares over n)\n\n" + to_markdown_plain(slopes)
-    if len(bad):
-        text += "\n## Runs that failed (status=error)\n\n"
-        bad = bad.assign(knobs=knob_string(bad)) if len(bad) else bad
-        for _, r in bad.drop_duplicates("run_id").iterrows():
-            text += f"- {r['method']} ({r.get('knobs', '')}; run {r['run_id']}): {r['error']}\n"
-    md.write_text(text)
-    figs = figures(ok, experiment, out / "figures")
-    return {"table": table, "slopes": slopes, "errors": bad, "files": written + figs}
+    setup = setup_line(ok, cfg_name)
+    with tempfile.TemporaryDirectory(prefix=f"attnbench-report-{cfg_name}-") as tmp:
+        stage = Path(tmp)
+        written = [stage / f"{cfg_name}_table.csv", stage / f"{cfg_name}_table.md"]
+        table.to_csv(written[0], index=False)
+        text = (f"# {cfg_name}\n\n{setup}\n\nGrid coverage: {coverage}"
+                + (f" ({dropped})" if dropped else "") + ".\n"
+                + (f"Missing configs: {'; '.join(sel.missing[:20])}{' …' if len(sel.missing) > 20 else ''}.\n"
+                   if sel is not None and sel.missing else "")
+                + f"\n{len(ok)} ok rows, {len(bad)} error rows; mean ± sd over seeds.\n\n" + to_markdown(table))
+        notes = _row_notes(ok)
+        if notes:
+            text += "\n" + "".join(f"- {n}\n" for n in notes)
+        if len(slopes):
+            sp = stage / f"{cfg_name}_slopes.csv"
+            slopes.to_csv(sp, index=False)
+            written.append(sp)
+            text += "\n## Log-log slopes (least squares over n)\n\n" + to_markdown_plain(slopes)
+        if len(bad):
+            text += "\n## Runs that failed (status=error)\n\n"
+            bad = bad.assign(knobs=knob_string(bad))
+            for _, r in bad.drop_duplicates("run_id").iterrows():
+                text += f"- {r['method']} ({r.get('knobs', '')}; run {r['run_id']}): {r['error']}\n"
+        written[1].write_text(text)
+        written += figures(ok, cfg_name, stage / "figures", subtitle=setup)
+        dest = [out / p.relative_to(stage) for p in written]
+        tracked = tracked_by_git(dest)
+        if tracked and not force:
+            more = f" (and {len(tracked) - 1} more tracked file(s))" if len(tracked) > 1 else ""
+            raise OverwriteRefused(f"refusing to overwrite {tracked[0]}{more}: tracked by git; "
+                                   f"pass --force to replace, or another --out-dir")
+        for src, dst in zip(written, dest):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+    return {"table": table, "slopes": slopes, "errors": bad, "files": dest, "coverage": coverage,
+            "missing": sel.missing if sel is not None else [], "experiment": cfg_name, "out_dir": out}
+
+
+def _coalesce_budget(rows: pd.DataFrame) -> pd.DataFrame:
+    """Older rows keep the budget in ``task.budget``, newer ones in ``preset.budget``: one column."""
+    if "preset.budget" in rows and "task.budget" in rows:
+        rows = rows.assign(**{"preset.budget": rows["preset.budget"].where(rows["preset.budget"].notna(),
+                                                                          rows["task.budget"])})
+        rows = rows.drop(columns=["task.budget"])
+    return rows
+
+
+def _row_notes(ok: pd.DataFrame) -> list[str]:
+    """Flags worth a line under the table: budgets clipped to n, exact shared between runs."""
+    notes = []
+    if "budget_clipped" in ok:
+        clipped = ok[ok["budget_clipped"].map(_canon) == "true"]
+        if len(clipped):
+            which = sorted({f"{r['method']} (n={_fmt_knob(r.get('n'))})" for _, r in clipped.iterrows()})
+            notes.append(f"budget clipped to what n allows in {len(clipped)} row(s): {', '.join(which[:12])}")
+    if "exact_shared" in ok and (ok["exact_shared"].map(_canon) == "true").any():
+        notes.append("exact's latency / memory measured once per process and n, shared by the methods "
+                     "(exact_shared)")
+    return notes
 
 
 def to_markdown_plain(df: pd.DataFrame) -> str:
@@ -291,11 +777,25 @@ def _int_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--experiment", required=True, help="experiment_name of the rows (conf/experiment/NAME.yaml)")
+    ap.add_argument("--experiment", required=True, help="experiment name (conf/experiment/NAME.yaml, or an alias)")
     ap.add_argument("--results-dir", default="results", help="folder holding runs/ (default: results)")
-    ap.add_argument("--out-dir", default=None, help="where tables and figures/ go (default: --results-dir)")
+    ap.add_argument("--out-dir", default=None,
+                    help="where tables and figures/ go (default: <results-dir>/reports/<experiment>, untracked)")
+    ap.add_argument("--force", action="store_true", help="replace files that git tracks (e.g. --out-dir results)")
+    ap.add_argument("--conf-dir", default=str(CONF_DIR), help="config folder holding experiment/*.yaml")
+    ap.add_argument("--no-grid", action="store_true",
+                    help="all rows of the experiment (latest per run), not only its config's grid; "
+                         "also for an experiment_name without a config")
     args = ap.parse_args(argv)
-    res = report(args.results_dir, args.experiment, args.out_dir)
+    try:
+        res = report(args.results_dir, args.experiment, args.out_dir, conf_dir=args.conf_dir, force=args.force,
+                     use_grid=not args.no_grid)
+    except UnknownExperiment as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+    except OverwriteRefused as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(3)
     with pd.option_context("display.max_rows", 500, "display.width", 250, "display.float_format", "{:.4g}".format):
         cols = [c for c in res["table"].columns if not c.endswith("_sd")]
         print(_int_columns(res["table"][cols]).to_string(index=False))
@@ -303,6 +803,9 @@ def main(argv: list[str] | None = None) -> None:
             print(_int_columns(res["slopes"]).to_string(index=False))
     if len(res["errors"]):
         print(f"{res['errors']['run_id'].nunique()} failed run(s): see the markdown table.")
+    print(f"grid coverage ({res['experiment']}): {res['coverage']}")
+    if res["missing"]:
+        print(f"missing: {'; '.join(res['missing'][:10])}{' …' if len(res['missing']) > 10 else ''}")
     print("wrote " + ", ".join(map(str, res["files"])))
 
 

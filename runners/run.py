@@ -1,4 +1,4 @@
-"""Run one config: seed, build method and task, measure, save one row per task result."""
+"""Run one config: check it, seed, build method and task, measure, save rows, then log them."""
 from __future__ import annotations
 
 import hashlib
@@ -9,6 +9,7 @@ import random
 import subprocess
 import time
 import traceback
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -16,10 +17,12 @@ import numpy as np
 import torch
 
 import methods
-from methods import to_plain
 import tasks
+from core.knobs import preset_knobs, preset_methods
+from core.measure import METER_KNOBS, meter_from_config
+from methods import to_plain
 from runners.log import RunRecord, make_logger
-from runners.measure import Meter
+from runners.summary import format_table, progress_line
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +30,10 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N.") from exc
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={name} was asked for but CUDA is not available; use device=cpu or device=auto.")
     return dev
@@ -59,22 +65,45 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def run_identity(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The parts of the config that define a run (what a rerun must match to be skipped)."""
+def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The validated, normalised config of a run: the method's effective knobs, the task's knobs
+    with defaults filled in, the meter's knobs, seed, device, preset and experiment.
+
+    Bad values raise ``ValueError`` naming the key, before any tensor is built.
+    """
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    method_cfg = methods.resolve(cfg["method"])
+    preset = dict(cfg.get("preset") or {"name": "none"})
+    if preset.get("name", "none") != "none" and preset_knobs(preset["name"], method_cfg["name"]) is None:
+        raise ValueError(f"preset {preset['name']!r} has no settings for method {method_cfg['name']!r}; "
+                         f"it covers {preset_methods(preset['name'])}.")
+    meter_cfg = dict(cfg.get("meter") or {})
+    unknown = sorted(set(meter_cfg) - set(METER_KNOBS))
+    if unknown:
+        raise ValueError(f"meter has no knob(s) {unknown}; it accepts {list(METER_KNOBS)}.")
     return {
-        "method": cfg["method"],
-        "task": cfg["task"],
-        "seed": cfg.get("seed", 0),
-        "device": cfg.get("device", "auto"),
-        "meter": cfg.get("meter", {}),
+        "method": method_cfg,
+        "task": tasks.resolve(cfg["task"]),
+        "seed": seed,
+        "device": str(cfg.get("device", "auto")),
+        "meter": meter_cfg,
+        "preset": preset,
         "experiment": cfg.get("experiment_name"),
     }
 
 
-def run_id_of(cfg: Mapping[str, Any]) -> str:
-    blob = json.dumps(run_identity(cfg), sort_keys=True, default=str)
-    name = cfg["method"].get("name", "method")
-    return f"{cfg['task'].get('name', 'task')}-{name}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
+def run_identity(resolved: Mapping[str, Any]) -> dict[str, Any]:
+    """What a rerun must match to be skipped: the resolved config (equal runs, equal ids)."""
+    return {k: resolved[k] for k in ("method", "task", "seed", "device", "meter", "preset", "experiment")}
+
+
+def run_id_of(identity: Mapping[str, Any]) -> str:
+    blob = json.dumps(identity, sort_keys=True, default=str)
+    method = identity["method"].get("name", "method") if isinstance(identity.get("method"), Mapping) else "method"
+    task = identity["task"].get("name", "task") if isinstance(identity.get("task"), Mapping) else "task"
+    return f"{task}-{method}-{hashlib.sha1(blob.encode()).hexdigest()[:12]}"
 
 
 def flatten(prefix: str, d: Mapping[str, Any]) -> dict[str, Any]:
@@ -87,85 +116,105 @@ def flatten(prefix: str, d: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(cfg_in: Any, *, raise_errors: bool = False) -> list[dict[str, Any]]:
-    """Run the config; return its rows. Skips (returns the saved rows) when an ``ok`` record
-    of the same run exists, unless ``rerun`` is set. Errors are saved as a row with
-    ``status=error``; ``raise_errors`` re-raises them afterwards."""
+def _raw_name(cfg: Mapping[str, Any], group: str) -> Any:
+    part = cfg.get(group)
+    return part.get("name") if isinstance(part, Mapping) else part
+
+
+def run(cfg_in: Any, *, raise_errors: bool = False, sweep_dir: str | None = None) -> list[dict[str, Any]]:
+    """Run the config; return its rows.
+
+    Skips (returns the saved rows) when an ``ok`` record of the same run exists, unless
+    ``rerun`` is set. Errors, bad config values included, are saved as a row with
+    ``status=error``; ``raise_errors`` re-raises them afterwards. The logger starts only after
+    the task has finished measuring and receives the buffered rows.
+    """
     cfg = to_plain(cfg_in)
     runs_dir = Path(cfg.get("results_dir", "results")) / "runs"
-    run_id = run_id_of(cfg)
-    previous = RunRecord.load(runs_dir, run_id)
-    if previous and previous.get("status") == "ok" and not cfg.get("rerun", False):
-        print(f"[attnbench] skip {run_id}: finished rows exist ({runs_dir / (run_id + '.json')}); +rerun=true forces.")
-        return previous["rows"]
-
-    seed = int(cfg.get("seed", 0))
-    meter_cfg = cfg.get("meter", {})
+    quiet = bool(cfg.get("quiet", False))
+    t_start = time.perf_counter()
     base: dict[str, Any] = {
-        "run_id": run_id,
-        "status": "ok",
-        "error": None,
-        "method": cfg["method"]["name"],
-        "task": cfg["task"]["name"],
-        "seed": seed,
-        "experiment": cfg.get("experiment_name"),
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda,
-        "git_commit": git_commit(),
+        "status": "ok", "error": None, "method": _raw_name(cfg, "method"), "task": _raw_name(cfg, "task"),
+        "seed": cfg.get("seed", 0), "experiment": cfg.get("experiment_name"), "sweep_dir": sweep_dir,
+        "torch_version": torch.__version__, "cuda_version": torch.version.cuda, "git_commit": git_commit(),
         "hostname": platform.node(),
     }
-    base.update(flatten("method", cfg["method"]))
-    if isinstance(cfg["method"].get("preset"), dict):
-        base["method.preset"] = cfg["method"]["preset"].get("name")
-    base.update(flatten("task", cfg["task"]))
-    record = RunRecord(runs_dir, run_id, run_identity(cfg))
-    logger = None
-    t_start = time.perf_counter()
     try:
-        device = resolve_device(str(cfg.get("device", "auto")))
-        base["device"] = device_name(device)
-        logger = make_logger(cfg.get("logger"), run_id, {**run_identity(cfg)}, cfg.get("experiment_name"))
-        seed_everything(seed)
-        method = methods.build(cfg["method"]).to(device)
-        method.reseed(seed)
-        base.update({f"method.{k}": v for k, v in method.hparams().items()})  # effective knob values
-        task = tasks.build(cfg["task"], device=device, seed=seed)
-        meter = Meter(device=device, warmup=int(meter_cfg.get("warmup", 1)), repeats=int(meter_cfg.get("repeats", 5)),
-                      memory=bool(meter_cfg.get("memory", True)))
+        resolved = resolve_config(cfg)
+    except Exception as exc:  # a bad config is an error row too (a sweep goes on)
+        identity = {k: cfg.get(k) for k in ("method", "task", "seed", "device", "meter", "experiment_name")}
+        return _fail(RunRecord(runs_dir, run_id_of(identity), identity), base, exc, t_start, raise_errors)
+
+    identity = run_identity(resolved)
+    run_id = run_id_of(identity)
+    record = RunRecord(runs_dir, run_id, identity)
+    previous = RunRecord.load(runs_dir, run_id)
+    if previous and previous.get("status") == "ok" and not cfg.get("rerun", False):
+        print(f"[attnbench] skip {run_id}: finished rows exist ({record.path}); +rerun=true forces.")
+        return previous["rows"]
+
+    base.update(run_id=run_id, method=resolved["method"]["name"], task=resolved["task"]["name"],
+                seed=resolved["seed"], preset=resolved["preset"].get("name"))
+    base.update(flatten("method", resolved["method"]))
+    base.update(flatten("task", resolved["task"]))
+    base.update({f"preset.{k}": v for k, v in resolved["preset"].items() if k != "name"})
+    rows: list[dict[str, Any]] = []
+    try:
+        device = resolve_device(resolved["device"])
+        meter = meter_from_config(resolved["meter"], device)
+        base.update(device=device_name(device), num_threads=meter.num_threads)
+        seed_everything(resolved["seed"])
+        method = methods.build(resolved["method"]).to(device)
+        method.reseed(resolved["seed"])
+        task = tasks.build(resolved["task"], device=device, seed=resolved["seed"])
+        expected = task.num_rows()
         for metrics in task.run(method, meter):
-            row = {**base, **method.extra_stats(), **metrics, "wall_s": time.perf_counter() - t_start}
+            row = {**base, **method.extra_stats(), **metrics, "wall_s": time.perf_counter() - t_start,
+                   "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            if row.get("budget_clipped"):
+                print(f"[attnbench] note: a budget of {row['method']} exceeds n={row.get('n')}; it was clipped to n "
+                      "(the method is exact there); the row says budget_clipped=true.")
             record.add(row)
-            logger.log_row(row)
-            print_row(row)
+            rows.append(row)
+            if not quiet:
+                print(progress_line(row, len(rows), expected, time.perf_counter() - t_start), flush=True)
+        if not rows:
+            raise ValueError(f"task {resolved['task']['name']} produced no rows; check task.* (e.g. task.n).")
         record.finish("ok")
     except Exception as exc:  # a failed run leaves an error row and lets the sweep go on
-        message = f"{type(exc).__name__}: {exc}"
-        row = {**base, "status": "error", "error": message, "wall_s": time.perf_counter() - t_start}
-        record.add(row)
-        record.finish("error", message)
-        print(f"[attnbench] run {run_id} failed: {message}")
-        if os.environ.get("ATTNBENCH_TRACEBACK"):
-            traceback.print_exc()
+        rows = _fail(record, base, exc, t_start, False, rows)
+        _log(cfg, resolved, run_id, rows, sweep_dir, failed=f"{type(exc).__name__}: {exc}")
         if raise_errors:
             raise
+        return rows
+    print(format_table(rows), flush=True)
+    print(f"[attnbench] rows: {record.path}")
+    _log(cfg, resolved, run_id, rows, sweep_dir)
+    return rows
+
+
+def _fail(record: RunRecord, base: dict[str, Any], exc: Exception, t_start: float, raise_errors: bool,
+          rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    message = f"{type(exc).__name__}: {exc}"
+    row = {**base, "run_id": record.run_id, "status": "error", "error": message,
+           "wall_s": time.perf_counter() - t_start, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record.add(row)
+    record.finish("error", message)
+    print(f"[attnbench] run {record.run_id} failed: {message}", flush=True)
+    if os.environ.get("ATTNBENCH_TRACEBACK"):
+        traceback.print_exc()
+    if raise_errors:
+        raise exc
+    return [*(rows or []), row]
+
+
+def _log(cfg: Mapping[str, Any], resolved: Mapping[str, Any], run_id: str, rows: list[dict[str, Any]],
+         sweep_dir: str | None, failed: str | None = None) -> None:
+    """Start the logger now that nothing is timed any more, give it the rows, finish it."""
+    logger = make_logger(cfg.get("logger"), run_id, dict(resolved), group=resolved.get("experiment") or sweep_dir)
+    try:
+        for row in rows:
+            if row.get("status") == "ok":
+                logger.log_row(row)
     finally:
-        if logger is not None:
-            logger.finish()
-    return record.data["rows"]
-
-
-KEY_COLUMNS = [
-    "method", "task", "n", "seed", "status", "rel_fro_error", "rel_spec_error", "max_abs_error",
-    "latency_ms", "exact_latency_ms", "speedup", "peak_mem_mb", "exact_peak_mem_mb",
-    "top1", "top5", "fid", "is_mean", "ppl", "score", "kept_fraction",
-]
-
-
-def print_row(row: Mapping[str, Any]) -> None:
-    parts = []
-    for k in KEY_COLUMNS:
-        v = row.get(k)
-        if v is None:
-            continue
-        parts.append(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}")
-    print("[attnbench] " + " ".join(parts), flush=True)
+        logger.finish(error=failed)

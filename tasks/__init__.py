@@ -1,57 +1,41 @@
-"""Registry of tasks: ``@register("name")``, ``build(cfg, device, seed)``, ``names()``.
+"""Registry of tasks: ``@register("name")``, ``resolve(cfg)``, ``build(cfg, device, seed)``, ``names()``.
 
-Each module in this package (except helpers named below) registers its task on import.
+Each module of this package registers one task on import; helpers live in subpackages
+(``adapters/``, ``datasets/``, ``metrics/``, ``models/``), which the registry does not scan.
 """
 from __future__ import annotations
 
-import importlib
-import pkgutil
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
+from core.knobs import resolve_knobs
+from core.registry import Registry
+
 from .base import Task
 
-_REGISTRY: dict[str, type[Task]] = {}
-_NOT_TASKS = {"base", "patching", "models", "sources", "presses", "fid"}
-_loaded = False
+REGISTRY: Registry = Registry("task", __name__, skip=("base",))
+register = REGISTRY.register
+names = REGISTRY.names
+get = REGISTRY.get
 
 
-def register(name: str) -> Callable[[type[Task]], type[Task]]:
-    def deco(cls: type[Task]) -> type[Task]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
+def resolve(cfg: Mapping[str, Any] | str) -> dict[str, Any]:
+    """The task config with the yaml defaults filled in, every knob checked and normalised.
 
-    return deco
-
-
-def _load_all() -> None:
-    global _loaded
-    if not _loaded:
-        for mod in pkgutil.iter_modules(__path__):
-            if mod.name not in _NOT_TASKS and not mod.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{mod.name}")
-        _loaded = True
-
-
-def names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
-
-
-def get(name: str) -> type[Task]:
-    _load_all()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown task {name!r}; available: {', '.join(sorted(_REGISTRY))}.")
-    return _REGISTRY[name]
-
-
-def build(cfg: Mapping[str, Any], device: torch.device | str = "cpu", seed: int = 0) -> Task:
-    """Instantiate the task named by ``cfg['name']`` with the whole task config."""
+    Unknown keys and bad values raise ``ValueError`` naming ``task.<key>``.
+    """
+    cfg = {"name": cfg} if isinstance(cfg, str) else dict(cfg)
     if "name" not in cfg:
         raise ValueError("task config needs a 'name' key.")
-    return get(cfg["name"])(cfg, torch.device(device), seed)
+    cls = get(cfg["name"])
+    return resolve_knobs("task", cls.name, cls.knobs, cfg)
 
 
-__all__ = ["Task", "register", "build", "names", "get"]
+def build(cfg: Mapping[str, Any] | str, device: torch.device | str = "cpu", seed: int = 0) -> Task:
+    """Instantiate the task named by ``cfg['name']`` with its resolved config."""
+    resolved = resolve(cfg)
+    return get(resolved["name"])(resolved, torch.device(device), seed)
+
+
+__all__ = ["Task", "register", "resolve", "build", "names", "get"]

@@ -8,27 +8,29 @@ class order 0,0,...,1,1,..., latents ``truncated_noise_sample(N, z_dim, truncati
 exactly as the official script (microsoft/thinformer ``examples/biggan/compress_bigGAN_script.py``,
 built on majid-daliri/kdeformer), truncation 0.4.
 
-``SwappedSelfAttn`` replaces ``pytorch_pretrained_biggan.model.SelfAttn`` keeping its submodules
-(same state-dict names): theta/phi/g 1x1 spectral-norm convs and the max-pooling as in the
+``tasks.adapters.biggan.SwappedSelfAttn`` replaces ``pytorch_pretrained_biggan.model.SelfAttn``
+keeping its submodules (same state-dict names): theta/phi/g 1x1 spectral-norm convs and the max-pooling as in the
 original, then ``method(q=(B,1,HW,C/8), k=(B,1,HW/4,C/8), v=(B,1,HW/4,C/2), scale=1.0)`` through
 a ``MethodCall``, then the original output conv and ``x + gamma * o``. With ``method=exact`` it
 reproduces the original generator to float rounding.
 
-One run yields one row: ``fid`` (against ``task.fid_stats``), ``is_mean``/``is_std`` (10 splits),
+One run yields one row: ``fid`` (against ``task.fid_stats``, pytorch-fid's Inception features),
+``is_mean``/``is_std`` (10 splits, on ``task.is_network``'s logits: by default torchvision's
+ImageNet InceptionV3 as the anchor tables; the row's ``is_network`` says which),
 ``fid_vs_exact`` (FID against the exact method's images for the same latents, generated in the
 same run or read from ``task.exact_cache_dir``), ``exact_fid``/``exact_is_*``, the attention
 layer's latency at batch ``task.latency_batch`` (``latency_ms``, ``exact_latency_ms``,
 ``speedup``, ``peak_mem_mb``), the whole generator's (``gen_latency_ms``, ``exact_gen_latency_ms``,
 ``gen_speedup``) and the wall time of generating all images (``gen_time_s``, ``images_per_s``).
-Metric details (networks, preprocessing, the IS network caveat): tasks/fid.py.
+Metric details (networks, preprocessing, the IS formula): tasks/fid.py.
 
-Per-method knobs of the papers: ``task.method_overrides_by_method[method.name]`` (set by
-conf/experiment/biggan.yaml), applied with ``methods.rebuild``; they win over ``method.*`` and the
-row's ``method.<knob>`` columns show the values actually used.
+The papers' per-method budgets are the preset ``biggan`` (``preset=biggan``, set by
+conf/experiment/biggan.yaml), composed into ``method.*`` before command-line overrides.
 
 ``task.model=tiny``: a small seeded random BigGAN-deep (64x64 output, attention at 32x32: 1024
 queries, 256 keys, dims 4/16, 10 classes) for tests and smoke runs; its FID/IS come from
-``task.feature_net=tiny`` unless set otherwise, and the row's ``note`` says they are smoke values.
+``task.feature_net=tiny`` / ``task.is_network=tiny`` unless set otherwise, and the row's ``note``
+says they are smoke values.
 """
 from __future__ import annotations
 
@@ -37,22 +39,22 @@ import hashlib
 import json
 import math
 import os
-import time
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 import methods
-from methods import to_plain
+from core.knobs import Bool, Choice, Float, Int, Str
 from methods.base import AttentionMethod
-from runners.measure import Meter
+from core.measure import Meter
 
-from . import fid as fidlib
+from .metrics import fid as fidlib
 from . import register
 from .base import Task
-from .patching import MethodCall, replace_modules
+from .adapters import MethodCall
+from .adapters.biggan import swap_attention
 
 from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 from pytorch_pretrained_biggan.model import (
@@ -60,7 +62,6 @@ from pytorch_pretrained_biggan.model import (
     PRETRAINED_CONFIG_ARCHIVE_MAP,
     PRETRAINED_MODEL_ARCHIVE_MAP,
     WEIGHTS_NAME,
-    SelfAttn,
 )
 from pytorch_pretrained_biggan.utils import truncated_noise_sample
 
@@ -72,58 +73,6 @@ TINY_CONFIG = dict(
 )
 TINY_QK_GAIN = 10.0
 TINY_RGB_GAIN = 8.0
-
-
-# --------------------------------------------------------------------------------------------
-# The swapped self-attention
-# --------------------------------------------------------------------------------------------
-class SwappedSelfAttn(nn.Module):
-    """``SelfAttn`` with the attention itself computed by ``call`` (scale 1.0, one head)."""
-
-    scale = 1.0
-
-    def __init__(self, orig: SelfAttn, call: MethodCall) -> None:
-        super().__init__()
-        self.in_channels = orig.in_channels
-        self.snconv1x1_theta, self.snconv1x1_phi = orig.snconv1x1_theta, orig.snconv1x1_phi
-        self.snconv1x1_g, self.snconv1x1_o_conv = orig.snconv1x1_g, orig.snconv1x1_o_conv
-        self.maxpool = orig.maxpool
-        self.gamma = orig.gamma
-        self.call = call
-        self.capture = False
-        self.captured: tuple[Tensor, Tensor, Tensor] | None = None
-
-    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, 1, HW, C/8), (B, 1, HW/4, C/8), (B, 1, HW/4, C/2) as the original's theta, phi, g."""
-        b, ch, h, w = x.shape
-        theta = self.snconv1x1_theta(x).view(b, ch // 8, h * w)
-        phi = self.maxpool(self.snconv1x1_phi(x)).view(b, ch // 8, h * w // 4)
-        g = self.maxpool(self.snconv1x1_g(x)).view(b, ch // 2, h * w // 4)
-        return theta.transpose(1, 2)[:, None], phi.transpose(1, 2)[:, None], g.transpose(1, 2)[:, None]
-
-    def forward(self, x: Tensor) -> Tensor:
-        b, ch, h, w = x.shape
-        q, k, v = self.qkv(x)
-        if self.capture:
-            self.captured = (q.detach(), k.detach(), v.detach())
-        o = self.call(q, k, v, causal=False, scale=self.scale)  # (B, 1, HW, C/2)
-        o = o[:, 0].transpose(1, 2).reshape(b, ch // 2, h, w)
-        return x + self.gamma * self.snconv1x1_o_conv(o)
-
-
-def swap_attention(model: nn.Module, method: AttentionMethod | None = None, meter: Meter | None = None) -> SwappedSelfAttn:
-    """Replace the generator's ``SelfAttn`` by a ``SwappedSelfAttn`` calling ``method`` (default exact)."""
-    method = method if method is not None else methods.build("exact")
-    made: list[SwappedSelfAttn] = []
-
-    def make(name: str, mod: nn.Module) -> nn.Module:
-        made.append(SwappedSelfAttn(mod, MethodCall(method, "attn", meter)))
-        return made[-1]
-
-    names = replace_modules(model, lambda n, m: isinstance(m, SelfAttn), make)
-    if len(names) != 1:
-        raise ValueError(f"expected one BigGAN self-attention layer, found {names}.")
-    return made[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,31 +164,48 @@ def load_biggan(name: str, weights: str | None) -> tuple[BigGAN, str]:
 class BigGANTask(Task):
     """Generate images with a method in BigGAN's self-attention; FID, IS, fid_vs_exact, latency."""
 
+    knobs = {
+        "model": Choice("biggan-deep-128", "biggan-deep-256", "biggan-deep-512", "tiny"),
+        "weights": Str(optional=True),
+        "model_seed": Int(0),
+        "images_per_class": Int(1),
+        "num_classes": Int(1, optional=True),
+        "truncation": Float(0, 1, lo_open=True),
+        "batch_size": Int(1),
+        "latency_batch": Int(1),
+        "compare_exact": Bool(),
+        "exact_cache_dir": Str(optional=True),
+        "fid_stats": Str(optional=True),
+        "feature_net": Choice("inception", "tiny", optional=True),
+        "inception_weights": Str(optional=True),
+        "fid_resize": Int(0, optional=True),
+        "double_normalize": Bool(),
+        "is_splits": Int(1),
+        "is_network": Choice(*fidlib.IS_NETWORKS, optional=True),
+        "is_weights": Str(optional=True),
+        "save_images": Bool(),
+        "image_dir": Str(optional=True),
+    }
+
     def __init__(self, cfg: Mapping[str, Any], device: torch.device, seed: int = 0) -> None:
         super().__init__(cfg, device, seed)
-        self.model_name = str(cfg.get("model", "biggan-deep-512"))
+        cfg = self.cfg
+        self.model_name = cfg["model"]
         self.tiny = self.model_name == "tiny"
         self.notes: list[str] = []
-        self.truncation = float(cfg.get("truncation", 0.4))
-        if not 0 < self.truncation <= 1:
-            raise ValueError(f"task.truncation must be in (0, 1], got {self.truncation}.")
-        self.images_per_class = int(cfg.get("images_per_class", 5))
-        self.batch_size = int(cfg.get("batch_size", 32))
-        self.latency_batch = int(cfg.get("latency_batch", 32))
-        self.is_splits = int(cfg.get("is_splits", 10))
-        for key in ("images_per_class", "batch_size", "latency_batch", "is_splits"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"task.{key} must be a positive integer, got {getattr(self, key)}.")
-        self.compare_exact = bool(cfg.get("compare_exact", True))
-        self.fid_resize = cfg.get("fid_resize", 128)
-        self.fid_resize = int(self.fid_resize) if self.fid_resize not in (None, "null", 0) else None
-        self.double_normalize = bool(cfg.get("double_normalize", False))
-        self.feature_kind = str(cfg.get("feature_net") or ("tiny" if self.tiny else "inception"))
-        if self.feature_kind not in ("inception", "tiny"):
-            raise ValueError(f"task.feature_net must be 'inception' or 'tiny', got {self.feature_kind!r}.")
+        self.truncation = cfg["truncation"]
+        self.images_per_class = cfg["images_per_class"]
+        self.batch_size = cfg["batch_size"]
+        self.latency_batch = cfg["latency_batch"]
+        self.is_splits = cfg["is_splits"]
+        self.compare_exact = cfg["compare_exact"]
+        self.fid_resize = cfg["fid_resize"] or None
+        self.double_normalize = cfg["double_normalize"]
+        self.feature_kind = cfg["feature_net"] or ("tiny" if self.tiny else "inception")
+        self.is_kind = cfg["is_network"] or ("tiny" if self.tiny else "torchvision")
 
         # Reference statistics first (fail before loading weights).
-        stats_path = cfg.get("fid_stats")
+        stats_path = cfg["fid_stats"]
         self.ref: tuple[np.ndarray, np.ndarray] | None = None
         if stats_path:
             mu, sigma, meta = fidlib.load_stats(str(stats_path))
@@ -247,25 +213,32 @@ class BigGANTask(Task):
             self.ref = (mu, sigma)
         elif not self.tiny:
             raise ValueError("task.fid_stats is not set: give the .npz of ImageNet validation statistics "
-                             "(make it with `python -m tasks.fid stats IMAGENET_VAL_FOLDER OUT.npz`).")
+                             "(make it with `python -m tasks.metrics.fid stats IMAGENET_VAL_FOLDER OUT.npz`).")
 
         if self.tiny:
-            self.model, self.weights = tiny_biggan(seed=int(cfg.get("model_seed", 0))), "random-init"
+            self.model, self.weights = tiny_biggan(seed=cfg["model_seed"]), "random-init"
             self.notes.append("tiny random BigGAN (task.model=tiny): FID/IS are smoke values")
         else:
-            self.model, self.weights = load_biggan(self.model_name, cfg.get("weights"))
+            self.model, self.weights = load_biggan(self.model_name, cfg["weights"])
         self.model = self.model.to(device).eval()
         self.feature_net = fidlib.build_feature_net(
-            self.feature_kind, cfg.get("inception_weights"), self.double_normalize, int(cfg.get("model_seed", 0))
+            self.feature_kind, cfg["inception_weights"], self.double_normalize, cfg["model_seed"]
         ).to(device)
+        # IS network: the feature net's own logits where it is that network, else a second one.
+        shared = (self.is_kind, self.feature_kind) in {("tiny", "tiny"), ("pytorch_fid", "inception")}
+        self.is_net = None if shared else fidlib.build_is_net(
+            self.is_kind, cfg["inception_weights"] if self.is_kind == "pytorch_fid" else cfg["is_weights"],
+            self.double_normalize, cfg["model_seed"]).to(device)
         if self.feature_kind == "tiny" and not self.tiny:
-            self.notes.append("tiny random feature net (task.feature_net=tiny): FID/IS are smoke values")
+            self.notes.append("tiny random feature net (task.feature_net=tiny): FID is a smoke value")
+        if self.is_kind == "tiny" and not self.tiny:
+            self.notes.append("tiny random IS net (task.is_network=tiny): IS is a smoke value")
         if self.ref is None:
             self.notes.append("no task.fid_stats: fid is against exact images of independent latents (seed + 1000)")
 
         n_cls = int(self.model.config.num_classes)
-        classes = cfg.get("num_classes")
-        self.num_classes = n_cls if classes in (None, "null") else int(classes)
+        classes = cfg["num_classes"]
+        self.num_classes = n_cls if classes is None else classes
         if not 1 <= self.num_classes <= n_cls:
             raise ValueError(f"task.num_classes must be in [1, {n_cls}], got {self.num_classes}.")
         self.attn = swap_attention(self.model)
@@ -275,7 +248,7 @@ class BigGANTask(Task):
         for key, val in want.items():
             if key in meta and meta[key] != val and not (key == "resize" and not meta[key] and not val):
                 raise ValueError(f"task.fid_stats was made with {key}={meta[key]!r} but this run uses {val!r}; "
-                                 f"remake it with the same settings (python -m tasks.fid stats --help).")
+                                 f"remake it with the same settings (python -m tasks.metrics.fid stats --help).")
 
     # --- inputs -------------------------------------------------------------------------
     def latents(self, seed: int) -> tuple[Tensor, Tensor]:
@@ -287,34 +260,38 @@ class BigGANTask(Task):
         return torch.from_numpy(z), torch.from_numpy(y)
 
     @torch.no_grad()
-    def generate(self, method: AttentionMethod, z: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray, Tensor, float]:
-        """Images for all latents with ``method`` in the attention layer; returns (features, logits,
-        the first 64 images in [0, 1], wall seconds of generation alone)."""
+    def generate(self, method: AttentionMethod, z: Tensor, y: Tensor, meter: Meter | None = None,
+                 with_logits: bool = True) -> tuple[np.ndarray, np.ndarray, Tensor, float]:
+        """Images for all latents with ``method`` in the attention layer; returns (features, IS
+        logits of ``task.is_network`` (empty without ``with_logits``), the first 64 images in [0, 1],
+        seconds of generation alone: the sum of ``meter.timed`` samples of each batch's generator call)."""
         self.attn.call = MethodCall(method, "attn", None)
-        feats, logits, keep, gen_s = [], [], [], 0.0
+        meter = meter or Meter(device=self.device, memory=False)
+        label = f"generate/{id(method)}"
+        meter.results.pop(label, None)
+        feats, logits, keep = [], [], []
         for i in range(0, len(z), self.batch_size):
             zb, yb = z[i: i + self.batch_size].to(self.device), y[i: i + self.batch_size].to(self.device)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            t0 = time.perf_counter()
-            img = self.model(zb, yb, self.truncation)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            gen_s += time.perf_counter() - t0
+            img = meter.timed(label, lambda: self.model(zb, yb, self.truncation))
             img = fidlib.to_unit_uint8_grid(img)
             if sum(len(k) for k in keep) < 64:
                 keep.append(img[: 64 - sum(len(k) for k in keep)].cpu())
-            f, lg = fidlib.features(self.feature_net, fidlib.resize_square(img, self.fid_resize))
+            img = fidlib.resize_square(img, self.fid_resize)
+            f, lg = fidlib.features(self.feature_net, img)
             feats.append(f)
-            logits.append(lg)
-        return np.concatenate(feats), np.concatenate(logits), torch.cat(keep), gen_s
+            if with_logits:
+                logits.append(lg if self.is_net is None else fidlib.features(self.is_net, img)[1])
+        gen_s = sum(meter.results.pop(label).samples_ms) / 1e3
+        logits_all = np.concatenate(logits) if logits else np.zeros((len(z), 0), np.float32)
+        return np.concatenate(feats), logits_all, torch.cat(keep), gen_s
 
     def _exact_cache_file(self, seed: int) -> str | None:
-        folder = self.cfg.get("exact_cache_dir")
+        folder = self.cfg["exact_cache_dir"]
         if not folder:
             return None
         key = dict(model=self.model_name, weights=self.weights, truncation=self.truncation, seed=int(seed),
                    per_class=self.images_per_class, classes=self.num_classes, feature_net=self.feature_kind,
+                   is_network=self.is_kind,
                    resize=self.fid_resize, double_normalize=self.double_normalize, batch=self.batch_size,
                    device=self.device.type)
         h = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -338,11 +315,11 @@ class BigGANTask(Task):
             os.replace(tmp, path)  # atomic: parallel sweep jobs may write the same file
 
     def _save_grid(self, images: Tensor | None, label: str) -> str | None:
-        if images is None or not bool(self.cfg.get("save_images", False)):
+        if images is None or not self.cfg["save_images"]:
             return None
         from torchvision.utils import save_image
 
-        folder = os.path.expanduser(str(self.cfg.get("image_dir") or "results/figures/biggan"))
+        folder = os.path.expanduser(str(self.cfg["image_dir"] or "results/figures/biggan"))
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{self.model_name}_{label}_seed{self.seed}.png")
         save_image(images, path, nrow=8)
@@ -351,16 +328,14 @@ class BigGANTask(Task):
     # --- the run ------------------------------------------------------------------------
     @torch.no_grad()
     def run(self, method: AttentionMethod, meter: Meter) -> Iterator[dict[str, Any]]:
-        table = to_plain(self.cfg.get("method_overrides_by_method")) or {}
-        overrides = dict(table.get(method.name) or {})
-        approx = methods.rebuild(method, **overrides) if overrides else method
+        approx = method
         exact = methods.build("exact")
         is_exact = method.name == "exact"
         seed = self.seed
         z, y = self.latents(seed)
 
         approx.reseed(method._seed)
-        feats, logits, imgs, gen_s = self.generate(approx, z, y)
+        feats, logits, imgs, gen_s = self.generate(approx, z, y, meter)
         row: dict[str, Any] = {"num_images": len(z), "truncation": self.truncation}
         row["is_mean"], row["is_std"] = fidlib.inception_score(logits, self.is_splits)
         row["gen_time_s"] = gen_s
@@ -380,7 +355,7 @@ class BigGANTask(Task):
         ref = self.ref
         if ref is None:  # tiny smoke run without statistics: exact images of other latents
             rz, ry = self.latents(seed + 1000)
-            rf = self.generate(exact, rz, ry)[0]
+            rf = self.generate(exact, rz, ry, with_logits=False)[0]
             ref = fidlib.statistics(rf)
         row["fid"] = fidlib.frechet_distance(*fidlib.statistics(feats), *ref)
         if ex_feats is not None:
@@ -395,30 +370,26 @@ class BigGANTask(Task):
         self.attn.capture = True
         self.model(zb, yb, self.truncation)
         self.attn.capture = False
-        q, k, v = self.attn.captured  # type: ignore[misc]
+        q, k, v = self.attn.captured[:3]  # type: ignore[index]
         self.attn.captured = None
-        meter.measure(lambda: approx(q, k, v, scale=1.0), "attn")
-        meter.measure(lambda: exact(q, k, v, scale=1.0), "exact_attn")
-        a, e = meter.results["attn"], meter.results["exact_attn"]
-        row.update(a.row())
-        row.update(e.row("exact_"))
-        row["speedup"] = e.median_ms / a.median_ms if a.median_ms > 0 else math.nan
+        _, _, attn = meter.compare(lambda: approx(q, k, v, scale=1.0), lambda: exact(q, k, v, scale=1.0), label="attn")
+        row.update(attn.columns())
         row.update({"batch": q.shape[0], "heads": q.shape[1], "n": q.shape[2], "n_keys": k.shape[2],
                     "head_dim": q.shape[3], "v_dim": v.shape[3], "causal": False, "scale": 1.0})
         # Whole generator forward at the same batch.
-        meter.measure(lambda: self.model(zb, yb, self.truncation), "gen")
-        self.attn.call = MethodCall(exact, "exact_attn", None)
-        meter.measure(lambda: self.model(zb, yb, self.truncation), "exact_gen")
-        g, eg = meter.results["gen"], meter.results["exact_gen"]
-        row.update(g.row("gen_"))
-        row.update(eg.row("exact_gen_"))
-        row["gen_speedup"] = eg.median_ms / g.median_ms if g.median_ms > 0 else math.nan
+        approx_call, exact_call = MethodCall(approx, "attn", None), MethodCall(exact, "exact_attn", None)
+
+        def generator_with(call: MethodCall) -> Tensor:
+            self.attn.call = call
+            return self.model(zb, yb, self.truncation)
+
+        _, _, gen = meter.compare(lambda: generator_with(approx_call), lambda: generator_with(exact_call), label="gen")
+        row.update(gen.columns("gen_"))
 
         row.update(approx.extra_stats())
-        if overrides:
-            row.update({f"method.{k2}": v2 for k2, v2 in approx.hparams().items()})
-        row["method_overrides"] = ",".join(f"{k2}={v2}" for k2, v2 in overrides.items())
         row["feature_net"] = self.feature_kind
+        row["is_network"] = self.is_kind
+        row["is_images"] = len(z) // self.is_splits * self.is_splits  # BigGAN-PyTorch's splits drop N mod splits
         row["weights"] = self.weights
         row["images_saved"] = ";".join(p for p in saved if p)
         row["note"] = "; ".join(self.notes)

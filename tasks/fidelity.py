@@ -6,30 +6,29 @@ from collections import OrderedDict
 from typing import Any, Iterator
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 
 import methods
-from methods.base import AttentionMethod
-from runners.measure import Meter
+from core.knobs import Bool, Choice, Float, Int, ListOf, Str
+from core.measure import Measurement, Meter
+from methods.base import DTYPES, AttentionMethod
 from tasks import register
 from tasks.base import Task
-from tasks.sources import make_qkv
+from tasks.datasets.sources import SOURCES, make_qkv
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 EXACT_CACHE_BYTES = 2 << 30  # outputs of exact attention kept for reuse in this process (see Fidelity)
-_exact_cache: OrderedDict[str, tuple[dict[str, Any], Tensor]] = OrderedDict()
+_exact_cache: OrderedDict[str, tuple[Measurement, Tensor]] = OrderedDict()
 
 
-def _exact_key(cfg: Any, n: int, seed: int, device: Any, causal: bool, scale: Any, meter: Meter) -> str:
-    task = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    task.pop("n", None)
-    return json.dumps([task, n, seed, str(device), causal, scale, meter.warmup, meter.repeats, meter.memory],
-                      sort_keys=True, default=str)
+def _exact_key(cfg: dict[str, Any], n: int, seed: int, device: Any, scale: Any, meter: Meter) -> str:
+    task = {k: v for k, v in cfg.items() if k != "n"}
+    timing = {k: getattr(meter, k) for k in ("warmup", "min_samples", "max_samples", "min_run_s", "max_run_s",
+                                              "threshold", "block_ms", "memory", "num_threads")}
+    return json.dumps([task, n, seed, str(device), scale, timing], sort_keys=True, default=str)
 
 
-def _remember_exact(key: str, row: dict[str, Any], out: Tensor) -> None:
-    _exact_cache[key] = (row, out)
+def _remember_exact(key: str, measured: Measurement, out: Tensor) -> None:
+    _exact_cache[key] = (measured, out)
     while sum(o.numel() * o.element_size() for _, o in _exact_cache.values()) > EXACT_CACHE_BYTES and len(_exact_cache) > 1:
         _exact_cache.popitem(last=False)
 
@@ -49,53 +48,77 @@ def errors(approx: Tensor, exact: Tensor) -> dict[str, float]:
 
 @register("fidelity")
 class Fidelity(Task):
-    """For each ``task.n``: build q, k, v from ``task.source``, run the method and exact SDPA
-    (same inputs, same run), and yield one row with errors, latencies and peak memories.
+    """For each ``task.n``: build q, k, v from ``task.source``, run the method and exact SDPA on
+    the same inputs, timed interleaved by ``Meter.compare``, and yield one row with errors,
+    latencies, the speed-up with its bootstrap interval, and peak memories.
 
-    Exact runs only up to ``task.exact_max_n`` (beyond it the error columns stay empty).
-    With ``task.share_exact`` (default true), exact attention on identical inputs (same task
-    config, n, seed, device, meter settings) is measured once per process and its timing, memory
-    and output are reused by later runs, e.g. by every method of a ``-m`` sweep; such rows have
-    ``exact_shared`` true. The spectral norm is computed exactly (``torch.linalg.matrix_norm(ord=2)``)
-    rather than by power iteration.
+    The error columns compare exact with the method's first call after ``reseed(seed)``, so they
+    do not depend on the meter's settings. A method output with NaN or inf is an error naming
+    the method and n. Exact runs only up to ``task.exact_max_n`` (beyond it the error columns stay
+    empty). With ``task.share_exact``, exact attention on identical inputs (same task config, n,
+    seed, device, meter settings) is measured once per process and its samples, memory and output
+    are reused by later runs, e.g. by every method of a ``-m`` sweep in one process; such rows have
+    ``exact_shared`` true and an unpaired interval. The spectral norm is computed exactly
+    (``torch.linalg.matrix_norm(ord=2)``) rather than by power iteration.
     """
+
+    knobs = {
+        "source": Choice(*SOURCES),
+        "n": ListOf(Int(1)),
+        "batch": Int(1),
+        "heads": Int(1),
+        "head_dim": Int(1),
+        "std": Float(0, lo_open=True),
+        "radius": Float(0, lo_open=True),
+        "layer": Int(0),
+        "causal": Bool(),
+        "scale": Float(0, lo_open=True, optional=True),
+        "dtype": Choice(*DTYPES),
+        "exact_max_n": Int(0),
+        "share_exact": Bool(),
+        "cache_dir": Str(),
+        "glove_path": Str(optional=True),
+    }
+
+    def num_rows(self) -> int:
+        return len(self.cfg["n"])
 
     def run(self, method: AttentionMethod, meter: Meter) -> Iterator[dict[str, Any]]:
         cfg = self.cfg
-        ns = cfg.get("n", 1024)
-        ns = [int(x) for x in (ns if isinstance(ns, (list, tuple)) else [ns])]
-        causal = bool(cfg.get("causal", False))
-        dtype_name = str(cfg.get("dtype", "float32"))
-        if dtype_name not in DTYPES:
-            raise ValueError(f"task.dtype must be one of {sorted(DTYPES)}, got {dtype_name!r}.")
-        dtype = DTYPES[dtype_name]
-        exact_max_n = int(cfg.get("exact_max_n", 1 << 30))
+        causal, dtype_name = cfg["causal"], cfg["dtype"]
         exact = methods.build("exact")
-        share = bool(cfg.get("share_exact", True))
-        for n in ns:
-            data = make_qkv(cfg, n, self.seed, self.device, dtype)
+        for n in cfg["n"]:
+            data = make_qkv(cfg, n, self.seed, self.device, DTYPES[dtype_name])
             q, k, v = data["q"], data["k"], data["v"]
-            scale = cfg.get("scale")
-            scale = float(scale) if scale is not None else data.get("scale")
+            scale = cfg["scale"] if cfg["scale"] is not None else data.get("scale")
             row: dict[str, Any] = {
                 "n": n, "batch": q.shape[0], "heads": q.shape[1], "head_dim": q.shape[-1], "causal": causal,
-                "dtype": dtype_name, "source": cfg.get("source", "gaussian"),
+                "dtype": dtype_name, "source": cfg["source"],
             }
+
+            def approx() -> Tensor:
+                return method(q, k, v, causal=causal, scale=scale)
+
+            def reference() -> Tensor:
+                return exact(q, k, v, causal=causal, scale=scale)
+
             method.reseed(self.seed)
-            out = meter.measure(lambda: method(q, k, v, causal=causal, scale=scale), label=f"method_n{n}")
-            row.update(meter.results[f"method_n{n}"].row())
-            if n <= exact_max_n:
-                key = _exact_key(cfg, n, self.seed, self.device, causal, scale, meter) if share else ""
+            if n > cfg["exact_max_n"]:
+                out = meter.measure(approx, label=f"n{n}")
+                row.update(meter.results[f"n{n}"].columns())
+            else:
+                key = _exact_key(cfg, n, self.seed, self.device, scale, meter) if cfg["share_exact"] else ""
                 if key in _exact_cache:
-                    exact_row, ref = _exact_cache[key]
-                    row.update(exact_row, exact_shared=True)
+                    shared, ref = _exact_cache[key]
+                    out, _, comp = meter.compare(approx, label=f"n{n}", exact=shared)
                 else:
-                    ref = meter.measure(lambda: exact(q, k, v, causal=causal, scale=scale), label=f"exact_n{n}")
-                    exact_row = meter.results[f"exact_n{n}"].row("exact_")
-                    row.update(exact_row, exact_shared=False)
-                    if share:
-                        _remember_exact(key, exact_row, ref)
-                row["speedup"] = row["exact_latency_ms"] / row["latency_ms"]
+                    out, ref, comp = meter.compare(approx, reference, label=f"n{n}")
+                    if cfg["share_exact"]:
+                        _remember_exact(key, comp.exact, ref)
+                row.update(comp.columns(), exact_shared=bool(key in _exact_cache and not comp.paired))
+            if not bool(torch.isfinite(out).all()):
+                raise FloatingPointError(f"method {method.name} returned non-finite values at n={n}.")
+            if n <= cfg["exact_max_n"]:
                 row.update(errors(out, ref))
             row.update(method.extra_stats())
             yield row

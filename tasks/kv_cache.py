@@ -15,48 +15,65 @@ WildCat repository does (``kept_fraction`` reports what was really kept).
 
 Datasets (``task.dataset``):
 - ``needle``: a fact "The special magic number for <city> is <7 digits>." placed at each depth of
-  ``task.depths`` in ``task.context_length`` tokens of filler (Python standard-library docstrings);
-  score = 1 when the generated answer contains the number (RULER-style string match).
+  ``task.depths`` in ``task.context_length`` tokens of filler (Python standard-library docstrings,
+  ``tasks/datasets/needle.py`` and ``local_text.py``); score = 1 when the generated answer contains
+  the number (RULER-style string match).
 - ``ppl``: perplexity of ``task.ppl_tokens`` held-out tokens given a compressed prefix of
   ``task.context_length`` tokens of the same filler.
 - ``longbench`` / ``longbench_e``: LongBench(-E) from the local Hugging Face cache
   (``task.dataset_path``, default ``Xnhyacinth/LongBench`` as kvpress / WildCat use), scored with
-  the LongBench metrics (re-implemented; see ``longbench_score``).
+  LongBench's own metrics (``tasks/datasets/longbench.py``: ROUGE-L through the ``rouge`` package,
+  code similarity through ``thefuzz``, as LongBench does).
+
+This module keeps the model loading and the task; data and metrics live in ``tasks/datasets/``
+(their names are re-exported here for older imports).
 """
 from __future__ import annotations
 
 import contextlib
-import difflib
 import math
-import re
-import string
-import time
-from collections import Counter
 from typing import Any, Iterator, Mapping
 
 import torch
 
+from core.knobs import AnyValue, Choice, Float, Int, ListOf, Mapping_, Str
 from methods.base import AttentionMethod
-from runners.measure import Meter
+from core.measure import Meter
 
 from . import register
 from .base import Task
-from .sources import load_smollm2
+from .datasets.longbench import (LONGBENCH_E_SUBSETS, LONGBENCH_SUBSETS, METRICS, classification, code_sim,  # noqa: F401
+                                 count, load_longbench, longbench_score, qa_f1, retrieval, rouge_l)
+from .datasets.needle import CITIES, filler_ids, needle_sample  # noqa: F401
+from .datasets.sources import load_smollm2
 
-LONGBENCH_E_SUBSETS = ("qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "gov_report", "multi_news", "trec",
-                       "triviaqa", "samsum", "passage_count", "passage_retrieval_en", "lcc", "repobench-p")
-LONGBENCH_SUBSETS = ("narrativeqa", "musique", "qmsum") + LONGBENCH_E_SUBSETS
 DATASETS = ("needle", "ppl", "longbench", "longbench_e")
 _MODELS: dict[tuple, tuple] = {}  # (model, dtype, device) -> (model, tokenizer): reused across a sweep
 
 
 # ----------------------------------------------------------------------------- models
+def _byte_symbols() -> list[str]:
+    """The byte-level BPE symbol of each byte value 0..255 (GPT-2's byte-to-unicode map: printable
+    Latin-1 bytes stand for themselves, the others for chr(256 + k) in byte order)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    sym, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            sym[b] = chr(b)
+        else:
+            sym[b] = chr(256 + extra)
+            extra += 1
+    return [sym[b] for b in range(256)]
+
+
 def byte_tokenizer():
-    """A 256-symbol byte-level tokenizer (exact round trip, no files): for tiny random models."""
+    """A 256-symbol byte-level tokenizer (exact round trip, no files): for tiny random models.
+    Token id = byte value (``<s>`` 256, ``</s>`` 257), the same in every process."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    # (ByteLevel.alphabet() is the same symbol set, in an order that changes from process to process)
+    vocab = {ch: i for i, ch in enumerate(_byte_symbols())}
     vocab["<s>"], vocab["</s>"] = 256, 257
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -107,176 +124,70 @@ def cache_mb(cache) -> float:
                if t is not None) / 2**20
 
 
-# ----------------------------------------------------------------------------- data
-CITIES = ("Lisbon", "Nairobi", "Osaka", "Quito", "Tallinn", "Hobart", "Cusco", "Bergen", "Dakar", "Hanoi", "Lyon",
-          "Perth", "Tbilisi", "Zagreb", "Accra", "Bilbao", "Cairo", "Denver", "Fez", "Galway")
-
-
-def filler_ids(tok, n_tokens: int) -> list[int]:
-    from .sources import local_text
-
-    text = local_text(min_chars=max(200_000, 6 * n_tokens))
-    return tok.encode(text, add_special_tokens=False)
-
-
-def needle_sample(tok, filler: list[int], length: int, depth: float, rng: torch.Generator) -> dict[str, Any]:
-    """A needle-in-a-haystack example of about ``length`` context tokens with the needle after
-    ``round(depth·F)`` filler tokens (F = filler tokens used). Returns context, question,
-    answer_prefix, answer, needle, position (filler tokens before the needle)."""
-    if not 0 <= depth <= 1:
-        raise ValueError(f"task.depths must lie in [0, 1], got {depth}.")
-    city = CITIES[int(torch.randint(len(CITIES), (1,), generator=rng))]
-    value = str(int(torch.randint(1_000_000, 10_000_000, (1,), generator=rng)))
-    needle = f" The special magic number for {city} is {value}. "
-    n_fill = length - len(tok.encode(needle, add_special_tokens=False))
-    if n_fill < 1 or n_fill > len(filler):
-        raise ValueError(f"task.context_length={length} is out of range (needle plus 1..{len(filler)} filler tokens).")
-    start = int(torch.randint(0, len(filler) - n_fill + 1, (1,), generator=rng))
-    f = filler[start:start + n_fill]
-    pos = int(round(depth * n_fill))
-    context = tok.decode(f[:pos]) + needle + tok.decode(f[pos:])
-    return {"context": context, "question": f"What is the special magic number for {city} mentioned in the text?",
-            "answer_prefix": f"The special magic number for {city} mentioned in the text is", "answer": value,
-            "needle": needle, "position": pos}
-
-
-def load_longbench(path: str, subset: str, e: bool, limit: int | None):
-    from datasets import load_dataset
-
-    data_dir = f"{subset}_e" if e else subset
-    try:
-        ds = load_dataset(path, data_dir=data_dir, split="test")
-    except Exception as err:  # offline, not cached
-        raise RuntimeError(f"task.dataset={'longbench_e' if e else 'longbench'} needs {path} (data_dir={data_dir}) in "
-                           f"the local Hugging Face cache or task.dataset_path set to a local copy: {err}") from err
-    if limit:
-        ds = ds.select(range(min(int(limit), len(ds))))
-    return ds
-
-
-# ----------------------------------------------------------------------------- LongBench metrics
-# Re-implemented from the LongBench / kvpress ``calculate_metrics.py`` definitions (English subsets).
-def _normalize(s: str) -> str:
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
-    s = re.sub(r"\b(a|an|the)\b", " ", s)
-    return " ".join(s.split())
-
-
-def _f1(pred: list, gold: list) -> float:
-    same = sum((Counter(pred) & Counter(gold)).values())
-    if same == 0:
-        return 0.0
-    p, r = same / len(pred), same / len(gold)
-    return 2 * p * r / (p + r)
-
-
-def qa_f1(pred: str, gold: str, **_: Any) -> float:
-    return _f1(_normalize(pred).split(), _normalize(gold).split())
-
-
-def rouge_l(pred: str, gold: str, **_: Any) -> float:
-    """ROUGE-L F1 over whitespace tokens (LCS); LongBench uses the ``rouge`` package."""
-    a, b = pred.lower().split(), gold.lower().split()
-    if not a or not b:
-        return 0.0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    p, r = lcs / len(a), lcs / len(b)
-    return 2 * p * r / (p + r)
-
-
-def classification(pred: str, gold: str, all_classes=(), **_: Any) -> float:
-    hits = [c for c in all_classes if c in pred]
-    hits = [c for c in hits if not (c in gold and c != gold)]
-    return 1.0 / len(hits) if gold in hits else 0.0
-
-
-def _count_matches(pred: str, target: str) -> float:
-    nums = re.findall(r"\d+", pred)
-    return sum(n == target for n in nums) / len(nums) if nums else 0.0
-
-
-def retrieval(pred: str, gold: str, **_: Any) -> float:
-    m = re.findall(r"Paragraph (\d+)", gold)
-    return _count_matches(pred, m[0]) if m else 0.0
-
-
-def count(pred: str, gold: str, **_: Any) -> float:
-    return _count_matches(pred, str(gold))
-
-
-def code_sim(pred: str, gold: str, **_: Any) -> float:
-    """First line without ``` / # / // , then fuzzywuzzy's ratio (difflib, as its pure-Python path)."""
-    line = next((ln for ln in pred.lstrip("\n").split("\n") if "`" not in ln and "#" not in ln and "//" not in ln), "")
-    return round(100 * difflib.SequenceMatcher(None, line, gold).ratio()) / 100
-
-
-METRICS = {"narrativeqa": qa_f1, "qasper": qa_f1, "multifieldqa_en": qa_f1, "hotpotqa": qa_f1, "2wikimqa": qa_f1,
-           "musique": qa_f1, "gov_report": rouge_l, "qmsum": rouge_l, "multi_news": rouge_l, "trec": classification,
-           "triviaqa": qa_f1, "samsum": rouge_l, "passage_retrieval_en": retrieval, "passage_count": count,
-           "lcc": code_sim, "repobench-p": code_sim}
-
-
-def longbench_score(subset: str, pred: str, answers, all_classes=()) -> float:
-    """Best score over the gold answers (×100 later); few-shot subsets use the first line."""
-    if subset in ("trec", "triviaqa", "samsum"):
-        pred = pred.lstrip("\n").split("\n")[0]
-    fn = METRICS[subset]
-    return max((fn(pred, g, all_classes=list(all_classes or ())) for g in answers), default=0.0)
-
-
 # ----------------------------------------------------------------------------- the task
 @register("kv_cache")
 class KVCacheTask(Task):
     """Compress the prefill KV cache with a press; score answers, perplexity, memory, latency."""
 
+    knobs = {
+        "model": Str(),
+        "dtype": Choice("auto", "float32", "float16", "bfloat16"),
+        "press": Str(),
+        "compression_ratio": Float(0, 1, hi_open=True),
+        "sink_size": Int(0),
+        "window_size": Int(0),
+        "bin_r": Int(1),
+        "press_kwargs": Mapping_(),
+        "dataset": Choice(*DATASETS),
+        "context_length": ListOf(Int(1)),
+        "depths": ListOf(Float(0, 1)),
+        "needles_per_depth": Int(1),
+        "max_new_tokens": Int(1),
+        "ppl_tokens": Int(2),
+        "num_samples": Int(1),
+        "dataset_path": Str(),
+        "subsets": AnyValue(),  # null (all of the dataset) or a list of subset names, checked in run_longbench
+        "limit": Int(1, optional=True),
+        "max_context_length": Int(1, optional=True),
+    }
+
+    def num_rows(self) -> int | None:
+        return len(self.cfg["context_length"]) if self.dataset in ("needle", "ppl") else None
+
     def __init__(self, cfg: Mapping[str, Any], device: torch.device, seed: int = 0, *, model=None, tokenizer=None):
         super().__init__(cfg, device, seed)
-        self.dataset = cfg.get("dataset", "needle")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"unknown task.dataset={self.dataset!r}; available: {', '.join(DATASETS)}.")
-        dt = cfg.get("dtype", "auto")
+        cfg = self.cfg
+        self.dataset = cfg["dataset"]
+        dt = cfg["dtype"]
         if dt == "auto":
             dt = "bfloat16" if device.type == "cuda" else "float32"
-        if dt not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"task.dtype must be auto, float32, float16 or bfloat16, got {dt!r}.")
         self.dtype = getattr(torch, dt)
-        self.ratio = float(cfg.get("compression_ratio", 0.5))
-        if not 0 <= self.ratio < 1:
-            raise ValueError(f"task.compression_ratio must lie in [0, 1), got {self.ratio}.")
+        self.ratio = cfg["compression_ratio"]
+        self.meter = Meter.quick(device)  # replaced by the run's meter in run()
         if model is None:
-            model, tokenizer = load_model(str(cfg.get("model", "smollm2")), self.dtype, device)
+            model, tokenizer = load_model(cfg["model"], self.dtype, device)
         self.model, self.tok = model, tokenizer
         from kvpress import KVPressTextGenerationPipeline
 
-        from .presses import register_weighted_attention
+        from .adapters.presses import register_weighted_attention
 
         self.model.set_attn_implementation(register_weighted_attention())
         self.pipe = KVPressTextGenerationPipeline(model=self.model, tokenizer=self.tok, device=device)
 
     # --- presses -------------------------------------------------------------------------
     def make_press(self, method: AttentionMethod):
-        from .presses import make_press
+        from .adapters.presses import make_press
 
         cfg = self.cfg
         gen = torch.Generator().manual_seed(self.seed)
-        kwargs = cfg.get("press_kwargs") or {}
-        if hasattr(kwargs, "items"):
-            kwargs = {str(k): v for k, v in kwargs.items()}
-        return make_press(str(cfg.get("press", "method")), method, self.ratio, sink_size=int(cfg.get("sink_size", 32)),
-                          window_size=int(cfg.get("window_size", 32)), bin_r=int(cfg.get("bin_r", 12)),
-                          generator=gen, kwargs=kwargs)
+        kwargs = {str(k): v for k, v in cfg["press_kwargs"].items()}
+        return make_press(cfg["press"], method, self.ratio, sink_size=cfg["sink_size"], window_size=cfg["window_size"],
+                          bin_r=cfg["bin_r"], generator=gen, kwargs=kwargs)
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def _timed(self, label: str, fn):
+        """Run ``fn`` once through the meter (synchronised); return its output and seconds."""
+        out = self.meter.timed(label, fn)
+        return out, self.meter.results[label].samples_ms[-1] / 1e3
 
     @torch.no_grad()
     def prefill(self, press, context_ids: torch.Tensor):
@@ -284,12 +195,12 @@ class KVCacheTask(Task):
         from transformers import DynamicCache
 
         cache = DynamicCache()
-        self._sync()
-        t0 = time.perf_counter()
-        with press(self.model) if press is not None else contextlib.nullcontext():
-            out = self.model.model(input_ids=context_ids, past_key_values=cache)
-        self._sync()
-        secs = time.perf_counter() - t0
+
+        def run_prefill():
+            with press(self.model) if press is not None else contextlib.nullcontext():
+                return self.model.model(input_ids=context_ids, past_key_values=cache)
+
+        out, secs = self._timed("prefill", run_prefill)
         n = context_ids.shape[1]
         cfg = self.model.config
         kvh = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
@@ -311,12 +222,9 @@ class KVCacheTask(Task):
         calls = [0]
         hook = self.model.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
         try:
-            self._sync()
-            t0 = time.perf_counter()
-            text = self.pipe.generate_answer(question_ids=inp["questions_ids"][0].to(self.device), cache=cache,
-                                             context_length=ctx.shape[1], max_new_tokens=max_new_tokens)
-            self._sync()
-            dec_s = time.perf_counter() - t0
+            text, dec_s = self._timed("decode", lambda: self.pipe.generate_answer(
+                question_ids=inp["questions_ids"][0].to(self.device), cache=cache, context_length=ctx.shape[1],
+                max_new_tokens=max_new_tokens))
         finally:
             hook.remove()
         return {"text": text, "n": ctx.shape[1], "kept": kept, "full_mb": full_mb, "kept_mb": kept_mb,
@@ -343,6 +251,9 @@ class KVCacheTask(Task):
 
     # --- datasets ------------------------------------------------------------------------
     def run(self, method: AttentionMethod, meter: Meter) -> Iterator[dict[str, Any]]:
+        """Prefill and decoding are timed once per example through ``meter.timed`` (a generation
+        cannot be repeated on the same cache); rows carry medians over the examples."""
+        self.meter = meter
         press = self.make_press(method)
         if self.dataset == "needle":
             yield from self.run_needle(press)
@@ -352,8 +263,7 @@ class KVCacheTask(Task):
             yield from self.run_longbench(press, e=self.dataset == "longbench_e")
 
     def _lengths(self) -> list[int]:
-        lengths = self.cfg.get("context_length", 1024)
-        lengths = [int(lengths)] if isinstance(lengths, (int, float, str)) else [int(x) for x in lengths]
+        lengths = self.cfg["context_length"]
         limit = int(getattr(self.model.config, "max_position_embeddings", 10**9))
         for n in lengths:
             if not 1 <= n <= limit:
@@ -361,8 +271,8 @@ class KVCacheTask(Task):
         return lengths
 
     def run_needle(self, press) -> Iterator[dict[str, Any]]:
-        depths = [float(d) for d in (self.cfg.get("depths") or [0.1, 0.3, 0.5, 0.7, 0.9])]
-        per_depth = int(self.cfg.get("needles_per_depth", 1))
+        depths = self.cfg["depths"]
+        per_depth = self.cfg["needles_per_depth"]
         lengths = self._lengths()
         filler = filler_ids(self.tok, max(lengths) + 64)
         for length in lengths:
@@ -372,7 +282,7 @@ class KVCacheTask(Task):
                 for _ in range(per_depth):
                     s = needle_sample(self.tok, filler, length, d, rng)
                     r = self.answer(press, s["context"], s["question"], s["answer_prefix"],
-                                    int(self.cfg.get("max_new_tokens", 12)), None)
+                                    self.cfg["max_new_tokens"], None)
                     r["hit"] = float(s["answer"] in r["text"])
                     recs.append(r)
                     by_depth.setdefault(d, []).append(r["hit"])
@@ -384,16 +294,16 @@ class KVCacheTask(Task):
 
     @torch.no_grad()
     def run_ppl(self, press) -> Iterator[dict[str, Any]]:
-        t = int(self.cfg.get("ppl_tokens", 128))
-        samples = int(self.cfg.get("num_samples", 4))
+        t = self.cfg["ppl_tokens"]
+        samples = self.cfg["num_samples"]
         lengths = self._lengths()
         filler = filler_ids(self.tok, (max(lengths) + t) * samples)
         bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
         for length in lengths:
             span = length - len(bos) + t
             if span * samples > len(filler):
-                raise ValueError(f"local text has {len(filler)} tokens; task.context_length={length} + task.ppl_tokens={t}"
-                                 f" × task.num_samples={samples} is too long.")
+                raise ValueError(f"local text has {len(filler)} tokens; task.context_length={length} + "
+                                 f"task.ppl_tokens={t} × task.num_samples={samples} is too long.")
             nll, count_, recs = 0.0, 0, []
             for i in range(samples):
                 ids = torch.tensor([bos + filler[i * span:(i + 1) * span]], device=self.device)
@@ -401,13 +311,9 @@ class KVCacheTask(Task):
                 cache, h_last, pre_s, full_mb = self.prefill(press, ctx)
                 kept = float(sum(layer.keys.shape[2] for layer in cache.layers)) / len(cache.layers)
                 kept_mb = cache_mb(cache)
-                self._sync()
-                t0 = time.perf_counter()
-                logits0 = self.model.lm_head(h_last)
                 pos = torch.arange(length, length + t - 1, device=self.device).unsqueeze(0)
-                out = self.model(input_ids=cont[:, :-1], past_key_values=cache, position_ids=pos)
-                self._sync()
-                dec_s = time.perf_counter() - t0
+                (logits0, out), dec_s = self._timed("decode", lambda: (
+                    self.model.lm_head(h_last), self.model(input_ids=cont[:, :-1], past_key_values=cache, position_ids=pos)))
                 logits = torch.cat((logits0, out.logits), 1).float()
                 nll += torch.nn.functional.cross_entropy(logits[0], cont[0], reduction="sum").item()
                 count_ += cont.shape[1]
@@ -417,20 +323,20 @@ class KVCacheTask(Task):
                    "ppl": math.exp(nll / count_), "nll": nll / count_}
 
     def run_longbench(self, press, e: bool) -> Iterator[dict[str, Any]]:
-        subsets = list(self.cfg.get("subsets") or (LONGBENCH_E_SUBSETS if e else LONGBENCH_SUBSETS))
+        subsets = list(self.cfg["subsets"] or (LONGBENCH_E_SUBSETS if e else LONGBENCH_SUBSETS))
         unknown = [s for s in subsets if s not in METRICS]
         if unknown:
             raise ValueError(f"task.subsets has unknown LongBench subsets {unknown}; available: {', '.join(METRICS)}.")
-        path = str(self.cfg.get("dataset_path") or "Xnhyacinth/LongBench")
-        limit = self.cfg.get("limit")
-        max_ctx = self.cfg.get("max_context_length")
+        path = self.cfg["dataset_path"]
+        limit = self.cfg["limit"]
+        max_ctx = self.cfg["max_context_length"]
         scores, all_recs = {}, []
         for sub in subsets:
             ds = load_longbench(path, sub, e, limit)
             recs = []
             for ex in ds:
                 r = self.answer(press, ex["context"], ex["question"], ex.get("answer_prefix") or "",
-                                int(ex.get("max_new_tokens") or self.cfg.get("max_new_tokens", 64)),
+                                int(ex.get("max_new_tokens") or self.cfg["max_new_tokens"]),
                                 int(max_ctx) if max_ctx else None)
                 r["score"] = longbench_score(sub, r["text"], list(ex["answers"]), ex.get("all_classes") or ())
                 recs.append(r)

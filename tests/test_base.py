@@ -73,9 +73,15 @@ def test_half_precision_returns_input_dtype(dtype):
         assert methods.build(name)(q, k, v).dtype == dtype
 
 
-def test_presets_apply_paper_settings_and_reject_uncovered_methods():
-    preset = {"name": "t2t_layer1", "reformer": {"bucket_size": 49, "n_hashes": 2}}
-    m = methods.build({"name": "reformer", "bucket_size": 64, "n_hashes": 8, "preset": preset})
-    assert (m.bucket_size, m.n_hashes) == (49, 2)
-    with pytest.raises(ValueError, match="no settings for method 'performer'.*reformer"):
-        methods.build({"name": "performer", "preset": preset})
+def test_preset_files_resolve_for_every_method_they_cover():
+    """Every conf/method/preset/<preset>/<method>.yaml names knobs its method accepts."""
+    from core.knobs import CONF_DIR, preset_knobs, preset_methods
+
+    presets = sorted(p.stem for p in (CONF_DIR / "preset").glob("*.yaml") if p.stem != "none")
+    assert {"biggan", "t2t_layer1", "t2t_layer2", "scaling_b256"} <= set(presets)
+    for preset in presets:
+        for name in preset_methods(preset):
+            methods.build({"name": name, **preset_knobs(preset, name)})
+    assert preset_knobs("biggan", "latte") is None
+    with pytest.raises(ValueError, match="unknown preset 'nope'; available: "):
+        preset_knobs("nope", "wildcat")

@@ -11,9 +11,10 @@ import methods
 import tasks
 from methods.base import AttentionMethod
 from methods.exact import dense_attention
-from runners.measure import Meter
-from tasks import fid as fidlib
-from tasks.biggan import SwappedSelfAttn, load_biggan, swap_attention, tiny_biggan
+from core.measure import Meter
+from tasks.metrics import fid as fidlib
+from tasks.adapters.biggan import SwappedSelfAttn, swap_attention
+from tasks.biggan import load_biggan, tiny_biggan
 
 
 class Recorder(AttentionMethod):
@@ -54,7 +55,7 @@ def task_cfg(**kw):
 
 
 def meter() -> Meter:
-    return Meter(device=torch.device("cpu"), warmup=0, repeats=1, memory=False)
+    return Meter.quick()
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,9 +163,8 @@ def test_stats_npz_round_trip_via_command(tmp_path):
 # The task end to end
 # --------------------------------------------------------------------------------------------
 def test_tiny_run_end_to_end(tmp_path):
-    task = tasks.build(task_cfg(save_images=True, image_dir=str(tmp_path),
-                                method_overrides_by_method={"performer": {"nb_features": 16}}), "cpu", 1)
-    m = methods.build("performer")
+    task = tasks.build(task_cfg(save_images=True, image_dir=str(tmp_path)), "cpu", 1)
+    m = methods.build("performer", nb_features=16)
     m.reseed(1)
     rows = list(task.run(m, meter()))
     assert len(rows) == 1
@@ -175,8 +175,9 @@ def test_tiny_run_end_to_end(tmp_path):
     assert row["num_images"] == 10 and row["n"] == 1024 and row["n_keys"] == 256 and row["heads"] == 1
     assert row["batch"] == 2 and row["scale"] == 1.0
     assert row["fid_vs_exact"] > 0 and row["is_mean"] >= 1.0
-    assert row["method.nb_features"] == 16 and row["method_overrides"] == "nb_features=16"
+    assert row["nb_features"] == 16
     assert "smoke" in row["note"]
+    assert row["is_network"] == "tiny" and row["is_images"] == 10  # tiny model: the tiny feature net's logits
     assert len(row["images_saved"].split(";")) == 2 and all((tmp_path / p).exists() for p in row["images_saved"].split(";"))
 
     # exact: fid_vs_exact is 0, the row's fid equals the approximate run's exact_fid (same images).

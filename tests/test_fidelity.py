@@ -5,14 +5,14 @@ import torch
 import methods
 import tasks
 from methods.exact import dense_attention
-from runners.measure import Meter
+from core.measure import Meter
 from tasks.fidelity import errors
-from tasks.sources import capture_hf, load_minilm, load_smollm2, make_qkv, _token_batch
+from tasks.datasets.sources import capture_hf, load_minilm, load_smollm2, make_qkv, _token_batch
 
 
 def run_task(method, **cfg):
     task = tasks.build({"name": "fidelity", **cfg}, "cpu", seed=0)
-    return list(task.run(methods.build(method), Meter(warmup=0, repeats=1, memory=False)))
+    return list(task.run(methods.build(method), Meter.quick(samples=1)))
 
 
 def test_exact_has_zero_error_and_rows_per_n():
@@ -40,7 +40,7 @@ def test_bounded_source_row_norms():
 
 
 def test_source_errors_are_clear():
-    with pytest.raises(ValueError, match="available: gaussian"):
+    with pytest.raises(ValueError, match=r"task.source must be one of \[.gaussian"):
         make_qkv({"source": "nope"}, 8, 0, torch.device("cpu"), torch.float32)
     with pytest.raises(ValueError, match="task.glove_path"):
         make_qkv({"source": "glove"}, 8, 0, torch.device("cpu"), torch.float32)

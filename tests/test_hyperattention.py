@@ -207,7 +207,7 @@ def test_grouping_does_not_change_the_result(monkeypatch, elems):
 
 
 def test_no_whole_sequence_score_tensor():
-    from runners.measure import cpu_peak_memory_mb
+    from core.measure import cpu_peak_memory_mb
 
     n, h, block, samples = 16384, 4, 64, 192
     q, k, v = qkv(b=1, h=h, nq=n, nk=n, d=8, dv=8, dtype=torch.float32)

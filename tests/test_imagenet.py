@@ -8,14 +8,10 @@ import methods
 import tasks
 from methods.base import AttentionMethod
 from methods.exact import dense_attention
-from runners.measure import Meter
-from tasks.imagenet import (
-    SwappedTimmAttention,
-    SwappedTokenAttention,
-    SwappedTokenPerformer,
-    attention_layers,
-    swap_attention,
-)
+from core.measure import Meter
+from tasks.adapters.t2t_vit import SwappedTokenAttention, SwappedTokenPerformer
+from tasks.adapters.timm_vit import SwappedTimmAttention
+from tasks.imagenet import attention_layers, swap_attention
 from tasks.models.t2t_vit import TokenAttention, create_t2t_vit, extract_state_dict
 
 TINY_T2T = dict(img_size=32, embed_dim=32, depth=2, num_heads=2, token_dim=16, num_classes=10)
@@ -136,7 +132,7 @@ def test_task_layers_default_all_and_errors():
         tasks.build(task_cfg(layers=["t2t3"]), "cpu", 0)
     t = tasks.build(task_cfg(layer_overrides={"block1": {"nb_features": 4}}), "cpu", 0)
     with pytest.raises(ValueError, match="task.layer_overrides"):
-        next(t.run(methods.build("performer"), Meter(warmup=0, repeats=1, memory=False)))
+        next(t.run(methods.build("performer"), Meter.quick(samples=1)))
 
 
 # --- end to end through run() ----------------------------------------------------------------
@@ -152,32 +148,31 @@ def _check_row(row, first_layer: str, n: int):
 
 
 def test_run_t2t_performer_with_per_layer_overrides():
-    cfg = task_cfg(layer_overrides_by_method={"performer": {"t2t1": {"nb_features": 8}, "t2t2": {"nb_features": 4}},
-                                              "wildcat": {"t2t1": {"r": 3}}},
-                   layer_overrides={"t2t2": {"nb_features": 6}})  # explicit beats by-method
+    # layer t2t2 takes preset t2t_layer2's performer knobs (64 features), then the explicit override
+    cfg = task_cfg(layer_presets={"t2t2": "t2t_layer2"}, layer_overrides={"t2t1": {"nb_features": 8}})
     task = tasks.build(cfg, "cpu", 0)
     m = methods.build("performer")
     m.reseed(0)
-    rows = list(task.run(m, Meter(warmup=0, repeats=2, memory=False)))
+    rows = list(task.run(m, Meter.quick(samples=2)))
     assert len(rows) == 1
     row = rows[0]
     _check_row(row, "t2t1", 64)
     assert row["t2t2_n"] == 16 and row["heads"] == 1 and row["head_dim"] == 16
-    assert row["t2t1_nb_features"] == 8 and row["t2t2_nb_features"] == 6 and row["nb_features"] == 8
+    assert row["t2t1_nb_features"] == 8 and row["t2t2_nb_features"] == 64 and row["nb_features"] == 8
     assert "t2t1: nb_features=8" in row["layer_overrides"]
     # the same seed gives the same accuracy figures
     m2 = methods.build("performer")
     m2.reseed(0)
-    row2 = next(tasks.build(cfg, "cpu", 0).run(m2, Meter(warmup=0, repeats=1, memory=False)))
+    row2 = next(tasks.build(cfg, "cpu", 0).run(m2, Meter.quick(samples=1)))
     assert (row2["top1"], row2["agreement"]) == (row["top1"], row["agreement"])
 
 
 def test_run_vit_performer_and_exact():
     task = tasks.build(task_cfg(model="vit_tiny_patch16_224", model_kwargs=TINY_VIT), "cpu", 0)
-    row = next(task.run(methods.build("performer", nb_features=4), Meter(warmup=0, repeats=1, memory=False)))
+    row = next(task.run(methods.build("performer", nb_features=4), Meter.quick(samples=1)))
     _check_row(row, "block0", 17)
     assert "block1_latency_ms" in row
-    row = next(task.run(methods.build("exact"), Meter(warmup=0, repeats=1, memory=False)))
+    row = next(task.run(methods.build("exact"), Meter.quick(samples=1)))
     assert row["agreement"] == 100.0 and row["top1"] == row["exact_top1"]
 
 

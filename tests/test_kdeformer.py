@@ -67,7 +67,6 @@ def test_large_scores_are_stable():
 
 def block_reference(q, k, v, plan, scale):
     """Dense softmax restricted to the plan's (query block, key block) pairs."""
-    nq, nk = q.shape[2], k.shape[2]
     qb = torch.empty_like(plan["q_order"]).scatter_(-1, plan["q_order"], plan["qblock_of"].expand_as(plan["q_order"]))
     kb = torch.empty_like(plan["k_order"]).scatter_(-1, plan["k_order"], plan["kblock_of"].expand_as(plan["k_order"]))
     mask = qb[..., :, None] == kb[..., None, :]
@@ -231,7 +230,7 @@ def test_grouped_evaluation_matches_dense_formula(monkeypatch, block_elems, b, h
 
 
 def test_no_whole_sequence_score_tensor():
-    from runners.measure import cpu_peak_memory_mb
+    from core.measure import cpu_peak_memory_mb
 
     n, h, bucket, samples = 16384, 4, 64, 192
     q, k, v = qkv(b=1, h=h, nq=n, nk=n, d=8, dv=8)

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import methods
-from runners.measure import Meter
+from core.measure import Meter
 from tasks.kv_cache import KVCacheTask, byte_tokenizer, longbench_score, needle_sample, tiny_llama
-from tasks.presses import (BalanceKVPress, make_press, pack_weights, register_weighted_attention, weighted_attention,
+from tasks.adapters.presses import (BalanceKVPress, make_press, pack_weights, register_weighted_attention, weighted_attention,
                            weighted_reference)
 
 CPU = torch.device("cpu")
@@ -154,13 +154,13 @@ def test_needle_placed_where_stated():
 
 def test_pipeline_end_to_end_tiny_llama(tiny):
     task = make_task(tiny, press="method", compression_ratio=0.5, dataset="needle")
-    rows = list(task.run(wildcat(), Meter()))
+    rows = list(task.run(wildcat(), Meter.quick()))
     assert len(rows) == 1
     r = rows[0]
     assert r["press"] == "WildCatPress" and r["n"] >= 300 and 0 <= r["score"] <= 100 and "score_d50" in r
     assert r["cache_kept_mb"] < r["cache_full_mb"] and 0 < r["kept_fraction"] < 1
     assert r["prefill_latency_ms"] > 0 and r["decode_latency_ms"] > 0
-    rows = list(make_task(tiny, press="snapkv", dataset="ppl").run(wildcat(), Meter()))
+    rows = list(make_task(tiny, press="snapkv", dataset="ppl").run(wildcat(), Meter.quick()))
     assert math.isfinite(rows[0]["ppl"]) and rows[0]["ppl"] > 1
 
 
@@ -178,6 +178,54 @@ def test_clear_errors(tiny):
     assert make_press("method", methods.build("exact"), 0.5) is None
 
 
+def test_byte_tokenizer_ids_are_the_bytes():
+    """Token id = byte value in every process (the vocabulary used to follow ByteLevel.alphabet(),
+    whose order changes from process to process)."""
+    tok = byte_tokenizer()
+    s = "héllo\n\t wörld \x00\x7f"
+    ids = tok.encode(s, add_special_tokens=False)
+    assert ids == list(s.encode()) and tok.decode(ids) == s
+    assert tok.convert_tokens_to_ids(["<s>", "</s>"]) == [256, 257]
+
+
+def test_local_text_prefixes_split_and_determinism():
+    from runners import train_thresholds
+    from tasks.datasets import sources
+    from tasks.datasets.local_text import MODULES, local_docs, local_text
+
+    assert sources.local_text is local_text and train_thresholds.local_text is local_text  # one corpus
+    assert len(MODULES) == len(set(MODULES))
+    short, default = local_text(50_000), local_text()
+    assert len(short) >= 50_000 and len(default) >= 200_000 and default.startswith(short)  # whole modules, prefixes
+    full = local_text(None)
+    assert full.startswith(default) and local_text(None) == full  # same text on every call of a process
+    train, held = local_docs(None, "train"), local_docs(None, "heldout")
+    assert len(train) > 100 and len(held) > 100 and not set(train) & set(held)  # disjoint parts
+    assert set(train) | set(held) <= set(local_docs(None))
+    assert local_text(10_000, part="train").startswith(train[0])
+    with pytest.raises(ValueError, match="part"):
+        local_text(part="test")
+
+
+def test_longbench_rows_with_a_local_dataset(tiny, monkeypatch):
+    """The LongBench path end to end on two fake subsets: one row per subset, then the mean."""
+    import tasks.kv_cache as kv
+
+    def fake(path, subset, e, limit):
+        ex = {"context": "Alice met Bob in Paris. " * 8, "question": "Where?", "answer_prefix": "Answer:",
+              "max_new_tokens": 4, "answers": ["Paris"], "all_classes": ["Paris", "Rome"] if subset == "trec" else None}
+        return [ex, dict(ex, answers=["Rome"])][: limit or 2]
+
+    monkeypatch.setattr(kv, "load_longbench", fake)
+    task = make_task(tiny, dataset="longbench", subsets=["trec", "samsum"], limit=2)
+    rows = list(task.run(wildcat(), Meter.quick()))
+    assert [r["subset"] for r in rows] == ["trec", "samsum", "all"]
+    assert all(0 <= r["score"] <= 100 and r["num_samples"] == (4 if r["subset"] == "all" else 2) for r in rows)
+    assert rows[-1]["score"] == (rows[0]["score"] + rows[1]["score"]) / 2
+    with pytest.raises(ValueError, match="task.subsets"):
+        list(make_task(tiny, dataset="longbench", subsets=["lsht"]).run(wildcat(), Meter.quick()))
+
+
 def test_longbench_scorers():
     assert longbench_score("qasper", "The Eiffel tower", ["eiffel tower"]) == 1.0
     assert longbench_score("passage_count", "There are 7 passages", ["7"]) == 1.0
@@ -193,7 +241,7 @@ def test_smollm2_tokenizer_round_trip_no_byte_markers():
     ``<|endoftext|>`` in place of spaces), decodes to the exact text without 'Ġ'/'Ċ' markers, and
     stops on ``<|im_end|>``. (transformers' CodeLlamaTokenizer wrapper, saved and reloaded, broke all three.)"""
     from tasks.kv_cache import filler_ids
-    from tasks.sources import smollm2_tokenizer
+    from tasks.datasets.sources import smollm2_tokenizer
 
     tok = smollm2_tokenizer()
     assert tok.eos_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
@@ -207,7 +255,8 @@ def test_smollm2_tokenizer_round_trip_no_byte_markers():
     assert tok.decode(answer, skip_special_tokens=True) == " 8252241. The special"
     s = needle_sample(tok, filler_ids(tok, 600), 512, 0.5, torch.Generator().manual_seed(0))
     assert s["needle"] in s["context"] and "Ġ" not in s["context"]
-    chat = tok.apply_chat_template([{"role": "user", "content": "hi there"}], add_generation_prompt=True, tokenize=False)
+    chat = tok.apply_chat_template([{"role": "user", "content": "hi there"}], add_generation_prompt=True,
+                                   tokenize=False)
     assert chat.endswith("<|im_start|>user\nhi there<|im_end|>\n<|im_start|>assistant\n")
 
 
@@ -216,6 +265,6 @@ def test_smollm2_needle_uncompressed_retrieves():
     """No compression: SmolLM2-135M-Instruct finds the needle (the baseline the needle sweep compares to)."""
     task = KVCacheTask(dict(name="kv_cache", model="smollm2", dataset="needle", press="none", context_length=512,
                             depths=[0.2, 0.8], max_new_tokens=10), CPU, 0)
-    (row,) = task.run(methods.build("exact"), Meter())
+    (row,) = task.run(methods.build("exact"), Meter.quick())
     assert "Ġ" not in row["answers"] and row["kept_fraction"] == 1.0
     assert row["score"] == 100.0, row["answers"]

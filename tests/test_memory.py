@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import methods
-from runners.measure import cpu_peak_memory_mb
+from core.measure import cpu_peak_memory_mb
 
 SUBQUADRATIC = {
     "performer": ({"nb_features": 32}, False),

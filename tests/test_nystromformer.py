@@ -131,7 +131,7 @@ def test_chunked_gradients_match_unchunked(monkeypatch):
 
 
 def test_no_whole_sequence_score_matrix():
-    from runners.measure import cpu_peak_memory_mb
+    from core.measure import cpu_peak_memory_mb
 
     n, h, n_land = 16384, 8, 256
     q, k, v = qkv(b=1, h=h, nq=n, d=8, dv=8, dtype=torch.float32)

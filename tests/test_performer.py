@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 import methods
@@ -82,3 +83,49 @@ def test_default_features_d_log_d():
     m = methods.build("performer")
     m(q, k, v)
     assert m.extra_stats()["nb_features"] == int(16 * math.log(16))
+
+
+def _eps0_pair(q, k, v, causal, chunk_size=128):
+    """eps=0 outputs in float32 and float64 (the same features: drawn in float32, then cast)."""
+    outs = []
+    for dt in (torch.float32, torch.float64):
+        m = methods.build({"name": "performer", "nb_features": 64, "eps": 0.0, "chunk_size": chunk_size})
+        m.reseed(1)
+        outs.append(m(q.to(dt), k.to(dt), v.to(dt), causal=causal, scale=1.0))
+    return outs
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_eps0_large_inputs_finite_float32(causal):
+    # inputs x5, d = 32, scale 1: exp(w·x' - |x'|²/2 - max w·x') underflowed to 0 in every feature (NaN)
+    q, k, v = inputs(d=32)
+    q, k = 5 * q, 5 * k
+    out32, out64 = _eps0_pair(q, k, v, causal)
+    assert torch.isfinite(out32).all()
+    assert rel_err(out32.double(), out64) < 1e-4
+
+
+def test_eps0_causal_early_prefix_of_small_keys():
+    # keys 0..19 have tiny features next to the later ones (|k'|²/2 large): one global key shift would
+    # underflow the first queries' prefixes in float32; the running-max shift keeps them
+    q, k, v = inputs(n=64, d=32)
+    k[:, :, :20] *= 8
+    out32, out64 = _eps0_pair(q, k, v, True, chunk_size=16)
+    assert torch.isfinite(out32).all()
+    assert rel_err(out32.double(), out64) < 1e-4
+
+
+@pytest.mark.parametrize("n,chunk", [(50, 16), (64, 64)])
+def test_eps0_causal_matches_unstabilised_prefix_formula(n, chunk):
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, n, 8, generator=g, dtype=torch.float64) for _ in range(3))
+    m = methods.build({"name": "performer", "nb_features": 24, "eps": 0.0, "chunk_size": chunk, "redraw": False})
+    out = m(q, k, v, causal=True)
+    w = m.features(8, q.device, q.dtype)
+    qf = softmax_kernel_features(q, w, 8 ** -0.5, is_query=True, eps=0.0, stabilize=False)
+    kf = softmax_kernel_features(k, w, 8 ** -0.5, is_query=False, eps=0.0, stabilize=False)
+    a = (qf @ kf.transpose(-1, -2)).tril()
+    assert rel_err(out, (a @ v) / a.sum(-1, keepdim=True)) < 1e-12
+    qr = q.clone().requires_grad_()
+    m(qr, k, v, causal=True).sum().backward()
+    assert torch.isfinite(qr.grad).all()

@@ -129,10 +129,59 @@ def test_cross_attention_and_non_divisible_lengths():
     assert rel(m(q, k, v), dense_attention(q, k, v)) < 1e-12
 
 
-def test_shared_qk_rejects_cross():
-    q, k, v = qkv(nq=20, nk=30)
-    with pytest.raises(NotImplementedError):
+@pytest.mark.parametrize("nq,nk", [(20, 30), (50, 20)])
+def test_shared_qk_rejects_cross_unless_nq_multiple_of_nk(nq, nk):
+    q, k, v = qkv(nq=nq, nk=nk)
+    with pytest.raises(NotImplementedError, match=f"Nq={nq}, Nk={nk}"):
         build("reformer", shared_qk=True)(q, k, v)
+
+
+def _shared_chunks_reference(q, v, scale, nk):
+    """Dense shared-QK attention of each consecutive query chunk of nk onto itself with values v."""
+    return torch.cat([shared_reference(q[:, :, i : i + nk], v, scale) for i in range(0, q.shape[2], nk)], 2)
+
+
+@pytest.mark.parametrize("bucket_size,n_hashes", [(32, 1), (16, 3)])  # one chunk; two chunks + look-back
+def test_shared_qk_query_chunks_exact_when_every_key_visible(bucket_size, n_hashes):
+    # Nq = 3·Nk: each chunk of Nk queries attends to its own normalised queries with the layer's v
+    q, k, v = qkv(nq=96, nk=32)
+    m = build("reformer", bucket_size=bucket_size, n_hashes=n_hashes, shared_qk=True)
+    out = m(q, k, v)
+    assert out.shape == (2, 3, 96, 8)
+    assert rel(out, _shared_chunks_reference(q, v, 16 ** -0.5, 32)) < 1e-12
+    m.reseed(0)
+    assert torch.equal(out, m(q, torch.zeros_like(k), v))  # k ignored
+
+
+def test_shared_qk_query_chunks_fresh_rotations_per_chunk():
+    """Independent reference: chunk i hashed with the i-th of c rotation sets drawn from the seed;
+    rounds combine as softmax over visible pairs counted with multiplicity."""
+    nk, c, bs, rounds, d = 48, 3, 6, 3, 16
+    q, k, v = qkv(nq=c * nk, nk=nk, d=d)
+    m = build("reformer", bucket_size=bs, n_hashes=rounds, shared_qk=True)
+    m.reseed(5)
+    out = m(q, k, v)
+    n_chunks = nk // bs
+    rot = torch.randn(c, d, rounds, n_chunks // 2, generator=torch.Generator().manual_seed(5), dtype=q.dtype)
+    scale = d ** -0.5
+    refs = []
+    for i in range(c):
+        x = q[:, :, i * nk : (i + 1) * nk]
+        r = torch.einsum("bhnd,dri->bhrni", x, rot[i])
+        buckets = torch.cat([r, -r], -1).argmax(-1)
+        chunk = (buckets * nk + torch.arange(nk)).argsort(-1).argsort(-1) // bs  # (B, H, R, N)
+        cq, ck = chunk.unsqueeze(-1), chunk.unsqueeze(-2)
+        count = ((cq == ck) | (cq == (ck + 1) % n_chunks)).sum(2).to(q.dtype)
+        s = torch.einsum("bhid,bhjd->bhij", x, torch.nn.functional.normalize(x, dim=-1)) * scale
+        s = s.masked_fill(torch.eye(nk, dtype=torch.bool), -5e4)
+        w = count * torch.exp(s - s.amax(-1, keepdim=True))
+        refs.append((w @ v) / w.sum(-1, keepdim=True))
+    assert rel(out, torch.cat(refs, 2)) < 1e-12
+    assert rel(out, _shared_chunks_reference(q, v, scale, nk)) > 1e-3  # a real approximation
+    # chunk 1 hashed with chunk 0's rotations would differ: the chunks do not share rotations
+    m.reseed(5)
+    same = m(q[:, :, nk : 2 * nk], k, v)
+    assert not torch.allclose(same, out[:, :, nk : 2 * nk])
 
 
 def test_seeded_repeatability_and_dtypes():

@@ -5,19 +5,19 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pandas as pd
-import pytest
 import torch
 
 from conftest import ROOT
 from methods.exact import dense_attention
 from runners.collect import load_rows, write_tables
-from runners.measure import Meter, cpu_peak_memory_mb
+from core.measure import cpu_peak_memory_mb
 from runners.run import run
 
-BASE = ["logger=none", "meter.warmup=0", "meter.repeats=1", "task.heads=2", "task.head_dim=16"]
+QUICK = {"warmup": 1, "min_samples": 1, "max_samples": 1, "min_run_s": 0.0, "max_run_s": 0.0, "memory": False}
+
+BASE = ["logger=none", "meter=quick", "task.heads=2", "task.head_dim=16"]
 
 
 def cli(tmp_path, *args, check=True, **kw):
@@ -33,7 +33,7 @@ def records(tmp_path):
 def cfg(tmp_path, **task):
     return {
         "method": {"name": "performer", "nb_features": 16}, "seed": 3, "device": "cpu", "results_dir": str(tmp_path),
-        "meter": {"warmup": 0, "repeats": 1, "memory": False}, "logger": {"name": "none"},
+        "meter": QUICK, "logger": {"name": "none"},
         "task": {"name": "fidelity", "source": "gaussian", "n": [32, 48], "heads": 2, "head_dim": 8, **task},
     }
 
@@ -94,7 +94,7 @@ def test_single_run_error_exits_nonzero(tmp_path):
 
 
 def test_killed_sweep_resumes_where_it_stopped(tmp_path):
-    args = ["-m", "method=exact", "seed=0,1,2,3", "task.n=1024", "meter.repeats=30"]
+    args = ["-m", "method=exact", "seed=0,1,2,3", "task.n=1024", "meter.min_samples=30", "meter.max_samples=30"]
     cmd = [sys.executable, "run.py", *args, *BASE, f"results_dir={tmp_path}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 240
@@ -121,12 +121,3 @@ def test_cpu_peak_memory_shows_quadratic_growth_of_dense_attention():
         q = torch.randn(1, 2, n, 32)
         peaks.append(cpu_peak_memory_mb(lambda: dense_attention(q, q, q))[1])
     assert 3.0 < peaks[1] / peaks[0] < 5.0, peaks
-
-
-def test_meter_records_repeats_and_quantiles():
-    m = Meter(warmup=1, repeats=4, memory=False)
-    calls = []
-    assert m.measure(lambda: calls.append(1) or len(calls), "x") == 5
-    res = m.results["x"]
-    assert len(res.times_ms) == 4 and res.quantile_ms(0.1) <= res.median_ms <= res.quantile_ms(0.9)
-    assert set(res.row("exact_")) == {"exact_latency_ms", "exact_peak_mem_mb"}

@@ -1,0 +1,1 @@
+"""Image-quality metrics of the BigGAN task (helpers: not tasks)."""
