@@ -16,6 +16,10 @@ import torch
 from torch import Tensor
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Scores (or feature entries) held at once by the chunked PyTorch paths: a cache-sized tile
+# (8 MB in fp32). The one tile-size constant of the methods; tests patch it per module.
+SCORE_TILE_ELEMS = 1 << 21
+
 # the dtype names configs use (task.dtype); the one map of the suite
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16, "bfloat16": torch.bfloat16}
 

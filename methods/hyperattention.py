@@ -48,9 +48,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import register
-from .base import AttentionMethod, check_positive_int, score_groups
+from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, score_groups
 
-_CHUNK_ELEMS = 1 << 21  # score entries per chunk / group of query blocks (cache-sized)
 
 
 def _attn_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, *, causal: bool = False) -> tuple[Tensor, Tensor]:
@@ -61,7 +60,7 @@ def _attn_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, *, causal: bool = F
     """
     nq, nk = q.shape[-2], k.shape[-2]
     lead = q.shape[:-2]
-    rows = max(1, _CHUNK_ELEMS // (max(1, math.prod(lead)) * nk))
+    rows = max(1, SCORE_TILE_ELEMS // (max(1, math.prod(lead)) * nk))
     out = q.new_empty(*lead, nq, v.shape[-1])
     lse = q.new_empty(*lead, nq)
     for r0 in range(0, nq, rows):
@@ -165,7 +164,7 @@ class HyperAttention(AttentionMethod):
         out = q.new_empty(G * nq, dv)
         lse = q.new_empty(G * nq)
         width = qbs * (bs + s)
-        for h0, h1, c0, c1 in score_groups(G, nb, width, _CHUNK_ELEMS):
+        for h0, h1, c0, c1 in score_groups(G, nb, width, SCORE_TILE_ELEMS):
             nh, gc = h1 - h0, c1 - c0
             nv = min(c1 * qbs, nq) - c0 * qbs  # real (unpadded) query slots of the group
             if nv <= 0:  # a group of padding only

@@ -47,10 +47,9 @@ import torch
 from torch import Tensor
 
 from . import register
-from .base import AttentionMethod, check_positive_int, score_groups
+from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, score_groups
 
 _POWER_SQUARINGS = 5  # 2**5 = 32 power iterations, as vit_models/kdeformer.py
-_BLOCK_ELEMS = 1 << 21  # score entries per group of query blocks in the PyTorch path
 
 
 def gray_rank(code: Tensor) -> Tensor:
@@ -205,7 +204,7 @@ class KDEformer(AttentionMethod):
         """PyTorch evaluation of a plan, a cache-sized group of query blocks at a time.
 
         Each group gathers its sorted query rows and key blocks, evaluates its block-diagonal
-        scores ``(bq × bk)`` and its sample scores ``(bq × m)`` (about ``_BLOCK_ELEMS`` entries in
+        scores ``(bq × bk)`` and its sample scores ``(bq × m)`` (about ``SCORE_TILE_ELEMS`` entries in
         all), and writes its normalised rows straight to their original positions in one
         preallocated output, so memory is O(B·H·Nq·Dv) plus one group, never a whole-sequence
         score tensor.
@@ -238,9 +237,9 @@ class KDEformer(AttentionMethod):
         out = torch.empty(BH * Nq, Dv, device=dev, dtype=dt)
         den_out = None if normalize else torch.empty(BH * Nq, device=dev, dtype=dt)
 
-        # groups of query blocks and heads holding about _BLOCK_ELEMS scores each
+        # groups of query blocks and heads holding about SCORE_TILE_ELEMS scores each
         width = bq * (bk + m)
-        for h0, h1, c0, c1 in score_groups(BH, nb, width, _BLOCK_ELEMS):
+        for h0, h1, c0, c1 in score_groups(BH, nb, width, SCORE_TILE_ELEMS):
             nh, g = h1 - h0, c1 - c0
             qrows = qi[h0:h1, c0 * bq : c1 * bq]  # (nh, g*bq)
             krows = ki[h0:h1, c0 * bk : c1 * bk].reshape(-1)

@@ -25,8 +25,8 @@ Evaluation order (same arithmetic as the reference up to float rounding; the ref
 the two n×L score matrices whole): softmax(Q̃ Kᵀ) V is accumulated over key chunks with a
 running max and sum (flash-style online softmax), and softmax(Q K̃ᵀ) times the small
 (L × d_v) product pinv(·) · softmax(Q̃ Kᵀ) V is evaluated per query chunk into one
-preallocated output. Chunks hold about ``_BLOCK_ELEMS`` scores, so extra memory is
-O(n·d + L² + _BLOCK_ELEMS) instead of O(n·L) and the score blocks stay cache-sized
+preallocated output. Chunks hold about ``SCORE_TILE_ELEMS`` scores, so extra memory is
+O(n·d + L² + SCORE_TILE_ELEMS) instead of O(n·L) and the score blocks stay cache-sized
 (without gradients; autograd still keeps every block for the backward pass).
 """
 from __future__ import annotations
@@ -35,9 +35,8 @@ import torch
 from torch import Tensor
 
 from . import register
-from .base import AttentionMethod, check_positive_int, resolve_budget
+from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
 
-_BLOCK_ELEMS = 1 << 21  # score entries per key or query chunk
 
 
 def segment_means(x: Tensor, n_segments: int) -> Tensor:
@@ -83,7 +82,7 @@ class Nystromformer(AttentionMethod):
         q_land = segment_means(q, n_land)
         k_land = segment_means(k, n_land)
         kernel_2 = torch.softmax((q_land @ k_land.transpose(-1, -2)) * scale, dim=-1)  # (B, H, L, L)
-        step = max(1, _BLOCK_ELEMS // (q.shape[0] * q.shape[1] * n_land))  # tokens per chunk
+        step = max(1, SCORE_TILE_ELEMS // (q.shape[0] * q.shape[1] * n_land))  # tokens per chunk
         # softmax(Q̃ Kᵀ) V, accumulated over key chunks with a running max and sum: (B, H, L, Dv)
         q_land_s, k_t = q_land * scale, k.transpose(-1, -2)
         run_max = q.new_full((*q_land.shape[:3], 1), float("-inf"))

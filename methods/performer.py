@@ -33,9 +33,9 @@ import torch
 from torch import Tensor
 
 from . import register
-from .base import AttentionMethod, check_positive_int
+from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int
 
-_BLOCK_ELEMS = 1 << 20  # feature entries per row chunk (bidirectional path)
+FEATURE_TILE_ELEMS = SCORE_TILE_ELEMS // 2  # feature entries per row chunk (bidirectional path)
 
 
 def draw_orthogonal_features(m: int, d: int, generator: torch.Generator, device, dtype=torch.float32) -> Tensor:
@@ -239,7 +239,7 @@ class Performer(AttentionMethod):
         proj = self.features(q.shape[-1], q.device, q.dtype)
         self._stats = {"nb_features": float(proj.shape[0])}
         if not causal:  # cache-sized row chunks: no (N × m) feature matrices
-            rows = max(1, _BLOCK_ELEMS // (q.shape[0] * q.shape[1] * proj.shape[0]))
+            rows = max(1, FEATURE_TILE_ELEMS // (q.shape[0] * q.shape[1] * proj.shape[0]))
             return blocked_linear_attention(q, k, v, proj, scale, self.eps, rows)
         qf = softmax_kernel_features(q, proj, scale, is_query=True, eps=self.eps)
         if self.eps == 0:

@@ -68,10 +68,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import register
-from .base import AttentionMethod, check_positive_int, resolve_budget
+from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
 
 SELF_ATTN_VALUE = -5e4  # score of a token with itself in shared-QK mode (as in the reference)
-_BLOCK_ELEMS = 1 << 21  # score entries per block of chunks
 
 
 def _gather_rows(x: Tensor, idx: Tensor) -> Tensor:
@@ -199,13 +198,13 @@ class Reformer(AttentionMethod):
         # --- chunked attention, a group of chunks of one round at a time -------------
         # Sorted chunk c of round r holds queries qperm[r, c·qc:(c+1)·qc] and keys kperm[r, c·bs:(c+1)·bs];
         # its keys are those of chunk c followed by those of chunk c-1 (wrapping). Groups of chunks
-        # keep the score blocks small (O(_BLOCK_ELEMS) memory, cache-sized) instead of holding all
+        # keep the score blocks small (O(SCORE_TILE_ELEMS) memory, cache-sized) instead of holding all
         # n_hashes·Nq·2·bucket_size scores at once; the rounds are combined online below.
         qchunks = qperm.view(bsz, heads, rounds, n_chunks, qc)
         kchunks = kperm.view(bsz, heads, rounds, n_chunks, bs)
         prev = (torch.arange(n_chunks, device=dev) - 1) % n_chunks
         kw = 2 * bs if n_chunks > 1 else bs
-        group = max(1, _BLOCK_ELEMS // (bsz * heads * qc * (kw + 1)))
+        group = max(1, SCORE_TILE_ELEMS // (bsz * heads * qc * (kw + 1)))
         neg_inf = float("-inf")
         acc = m_run = s_run = None
         for r in range(rounds):

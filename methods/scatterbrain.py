@@ -41,11 +41,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import register
-from .base import AttentionMethod, check_positive_int, resolve_budget
+from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
 from .performer import draw_orthogonal_features
 
 LR_CLAMP = 1e-24  # floor of the low-rank part of the normaliser (as in the reference)
-_BLOCK_ELEMS = 1 << 21  # score entries per group of query blocks
 
 
 def sb_features(x: Tensor, proj: Tensor, scale: float, *, is_query: bool) -> tuple[Tensor, Tensor]:
@@ -146,7 +145,7 @@ class ScatterBrain(AttentionMethod):
         nq_pad = n_blocks * bq
         q_p = F.pad(q, (0, 0, 0, nq_pad - nq)) if nq_pad > nq else q
         start_p = F.pad(start, (0, nq_pad - nq), value=0).reshape(n_blocks, bq, 1)
-        group = max(1, _BLOCK_ELEMS // (bsz * heads * bq * max(span, self.nb_features)))
+        group = max(1, SCORE_TILE_ELEMS // (bsz * heads * bq * max(span, self.nb_features)))
         out = torch.empty(bsz, heads, nq_pad, dv, dtype=q.dtype, device=dev)
         for b0 in range(0, n_blocks, group):
             b1 = min(n_blocks, b0 + group)

@@ -36,7 +36,7 @@ Departures (same mathematics, different arithmetic, for speed):
   the kernel rows come from one product with h = |x|²/2 folded in as two extra coordinates.
 - For speed on long sequences (same mathematics): the coreset is built for a few (batch·head) rows
   at a time when F would exceed ``rpcholesky.GROUP_ELEMS`` entries (its memory is reused between groups),
-  and the weighted attention runs over blocks of queries (``QUERY_TILE`` scores at a time).
+  and the weighted attention runs over blocks of queries (``SCORE_TILE_ELEMS`` scores at a time).
 - Residual-diagonal entries ≤ 64·machine-eps (G's diagonal is 1, so this is rounding noise) are
   set to 0, and a pivot drawn when the residual is exhausted (every key represented exactly, e.g.
   duplicated keys) is left empty: a zero row of F, weight 0, value 0. The official code would
@@ -62,17 +62,16 @@ import torch
 from torch import Tensor
 
 from . import register
-from .base import AttentionMethod, check_positive_int, check_scale, resolve_budget
+from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, check_scale, resolve_budget
 from .rpcholesky import RHO, TEMPERATURE_RULES, compress_bins, compress_sequence
 
 DENOM_EPS = 1e-20  # official threshold below which the output is set to 0
-QUERY_TILE = 1 << 21  # scores per query block in the PyTorch weighted attention (8 MB in fp32)
 
 
 # ----------------------------------------------------------------------------- weighted attention
 def weighted_attention(
     q: Tensor, k_s: Tensor, v_s: Tensor, w: Tensor, scale: float, vmin: Tensor, vmax: Tensor,
-    tile: int = QUERY_TILE,
+    tile: int = SCORE_TILE_ELEMS,
 ) -> Tensor:
     """Reference (PyTorch) weighted attention: q (B, M, E), k_s (B, R, E), v_s (B, R, D), w (B, R),
     vmin/vmax (B, 1, D). out = P Ṽ / P w with P = exp(β q k_sᵀ - rowmax); 0 where P w ≤ 1e-20;

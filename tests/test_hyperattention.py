@@ -199,7 +199,7 @@ def test_grouping_does_not_change_the_result(monkeypatch, elems):
     for causal, (a, b) in ((False, (q, k)), (True, (k, k))):
         m.reseed(0)
         ref = m(a, b, v, causal=causal)
-        monkeypatch.setattr(mod, "_CHUNK_ELEMS", elems)
+        monkeypatch.setattr(mod, "SCORE_TILE_ELEMS", elems)
         m.reseed(0)
         out = m(a, b, v, causal=causal)
         monkeypatch.undo()

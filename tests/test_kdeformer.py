@@ -217,7 +217,7 @@ def test_grouped_evaluation_matches_dense_formula(monkeypatch, block_elems, b, h
     # Groups of one block of one head, groups that straddle heads/blocks unevenly, and one group.
     import methods.kdeformer as mod
 
-    monkeypatch.setattr(mod, "_BLOCK_ELEMS", block_elems)
+    monkeypatch.setattr(mod, "SCORE_TILE_ELEMS", block_elems)
     q, k, v = qkv(b=b, h=h, nq=nq, nk=nk, dv=12)
     m = make(bucket_size=bucket, sample_size=samples)
     m.reseed(2)

@@ -108,7 +108,7 @@ def test_chunked_equals_unchunked(monkeypatch, block):
     import methods.nystromformer as nys
 
     # uneven chunks (block // (B·H·L) = 7 tokens), one token per chunk, and a single chunk
-    monkeypatch.setattr(nys, "_BLOCK_ELEMS", block)
+    monkeypatch.setattr(nys, "SCORE_TILE_ELEMS", block)
     q, k, v = qkv(nq=101, nk=53, dv=5, seed=3)
     q, k = q * 2, k * 2  # peaked softmax rows: the running max must matter
     out = build("nystromformer", num_landmarks=8)(q, k, v)
@@ -122,7 +122,7 @@ def test_chunked_gradients_match_unchunked(monkeypatch):
     m = build("nystromformer", num_landmarks=8)
     grads = []
     for block in (1 << 30, 5 * 2 * 3 * 8):
-        monkeypatch.setattr(nys, "_BLOCK_ELEMS", block)
+        monkeypatch.setattr(nys, "SCORE_TILE_ELEMS", block)
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]
         (m(*leaves) * torch.linspace(-1, 1, 4, dtype=q.dtype)).sum().backward()
         grads.append([t.grad for t in leaves])
