@@ -36,10 +36,11 @@ This suite's reconstruction (no official code is public), stated plainly:
   long segments, plus O(n d) per short column. Unstructured inputs with fallback 'none' (k - 1
   one-column segments and one long one): f = 1, N ≈ 2n, i.e. 2(d + 1) transforms, against the former
   (k + 1)(d + 1) (every term's masked [V, 1] transformed at 2n); fallback 'even': f = k, N ≈ n(1 + 1/k).
-  Heads and V's channels go in blocks of ``BLOCK_ELEMS`` (n (d + 1) per head at most; float64
-  buffers below ~16 MB, which the C allocator reuses: fresh large buffers cost page faults that, on
-  small VMs, took as long as the FFTs). Values equal the former evaluation's up to float rounding (the
-  direct part is rounded like a plain product, not like an FFT).
+  Heads and V's channels go in blocks whose FFT buffers hold at most ``SCORE_TILE_ELEMS`` float64
+  entries (16 MB; sizes the C allocator reuses: fresh larger buffers cost page faults that, on small
+  VMs, took as long as the FFTs). The direct part's gathered W_j tiles hold ``SCORE_TILE_ELEMS`` too.
+  Values equal the former evaluation's up to float rounding (the direct part is rounded like a plain
+  product, not like an FFT).
 - Recovery cost: the binary search resolves ``SEARCH_LEVELS`` = 3 steps per oracle call (all 7
   midpoints those steps could probe, evaluated at once; the path through them followed on the host):
   exactly the probes and starts of one probe per step, in a fraction of the small tensor operations
@@ -88,16 +89,13 @@ import torch
 from torch import Tensor
 
 from . import register
-from .base import AttentionMethod, check_positive_int, resolve_budget
+from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
 
 EntryFn = Callable[[Tensor, Tensor], Tensor]
 FALLBACKS = ("none", "even")
 FFT_DTYPES = ("input", "float64")
 DIRECT_MAX_LEN = 32  # segments of at most this many columns are applied directly, longer ones by FFT
 SEARCH_LEVELS = 3  # binary-search steps resolved per batched probe (7 probed columns per head)
-CHUNK_ELEMS = 1 << 20  # entries of one row chunk of the directly applied segments (all heads together)
-BLOCK_ELEMS = 1 << 20  # heads x channels x n per evaluation block: FFT buffers stay below ~16 MB (float64),
-# sizes the C allocator reuses; larger fresh buffers cost page faults that, on small VMs, rival the FFTs
 
 
 def next_fast_len(n: int) -> int:
@@ -143,7 +141,7 @@ class SegmentProduct:
     """The segment-disjoint product for fixed starts (G, k) and W (G, k, n), applied to any x (G, ch, n).
 
     Segments of at most ``direct_max_len`` columns (default ``DIRECT_MAX_LEN``) are applied directly:
-    their columns' shifted W_j (gathered once when it fits ``CHUNK_ELEMS``, else per row chunk) times x's
+    their columns' shifted W_j (gathered once when it fits ``SCORE_TILE_ELEMS``, else per row chunk) times x's
     columns, a batched matrix product, O(n d) per column. Longer segments go by FFT: one real transform
     of length N of each segment's columns of x (zero elsewhere), products with the transforms of their
     W_j (computed once here) summed in the frequency domain, one inverse transform; N = next_fast_len(n +
@@ -182,7 +180,7 @@ class SegmentProduct:
             col, self.ok, self.seg = col.gather(1, order), ok.gather(1, order), seg.gather(1, order)
             self.col = col.masked_fill(~self.ok, n)  # padding entries lie right of every row: they never contribute
             self.r0 = int(self.col.min())
-            self.rows = max(1, CHUNK_ELEMS // (G * self.C))
+            self.rows = max(1, SCORE_TILE_ELEMS // (G * self.C))
             self.A = self._block(self.r0, n) if self.rows >= n - self.r0 else None
 
     def _block(self, a: int, b: int) -> Tensor:
@@ -446,11 +444,12 @@ class ConvBasis(AttentionMethod):
         )
 
         # exp(H)∘M in the basis: segment j's columns all carry W_j = exp(B_j - c), shifted. Evaluated in
-        # blocks of heads and of V's channels (BLOCK_ELEMS), each with the ones channel (denominators).
+        # blocks of heads and of V's channels, each with the ones channel (denominators): an FFT buffer
+        # (heads, channels, N ≈ 2n) holds at most SCORE_TILE_ELEMS float64 entries (16 MB).
         pos = torch.arange(n, device=device)
         fdt = torch.float64 if self.fft_dtype == "float64" else dtype
-        hb = max(1, min(G, BLOCK_ELEMS // ((dv + 1) * n)))  # heads per block
-        cb = max(1, min(dv, BLOCK_ELEMS // (hb * n) - 1))  # channels of V per block
+        hb = max(1, min(G, SCORE_TILE_ELEMS // (2 * (dv + 1) * n)))  # heads per block
+        cb = max(1, min(dv, SCORE_TILE_ELEMS // (2 * hb * n) - 1))  # channels of V per block
         vt = vf.transpose(1, 2)  # (G, dv, n), a view
         y = torch.empty(G, n, dv, dtype=dtype, device=device)
         clamped = torch.empty(G, n, dtype=torch.bool, device=device)

@@ -284,8 +284,9 @@ def run_vit(args) -> list[dict[str, float]]:
         acc, kept = eval_vit(model, eval_b, methods)
         out = Path(args.out_dir) / f"{tag}_lambda{lam:g}.pt"
         save_thresholds(methods, out)
+        theta_mean = float(torch.cat([m.theta.detach() for m in methods.values()]).mean())
         rows.append({"lambda": lam, "steps": args.steps, "kept_fraction": kept, "top1": acc, "top1_exact": acc_exact,
-                     "top1_drop": acc_exact - acc, "theta_mean": float(torch.cat([m.theta.detach() for m in methods.values()]).mean()),
+                     "top1_drop": acc_exact - acc, "theta_mean": theta_mean,
                      "train_loss_first": hist[0]["task_loss"], "train_loss_last": hist[-1]["task_loss"],
                      "thresholds": str(out)})
         print(json.dumps(rows[-1]))

@@ -173,8 +173,7 @@ def test_blocked_evaluation_matches_one_block(monkeypatch):
         m = build({"name": "conv_basis", "k": 6, "fallback": fallback})
         with monkeypatch.context() as mp:
             y, st = m(q, k, v, causal=True), m.extra_stats()
-            mp.setattr(cb, "BLOCK_ELEMS", 1)
-            mp.setattr(cb, "CHUNK_ELEMS", 1)
+            mp.setattr(cb, "SCORE_TILE_ELEMS", 1)
             yb = m(q, k, v, causal=True)
         assert rel(yb, y) < 1e-13 and m.extra_stats() == st
         assert rel(y[:, 1], dense_attention(q, k, v, causal=True)[:, 1]) < 1e-13

@@ -31,7 +31,6 @@ from torch import Tensor, nn
 
 from kvpress import BasePress
 from kvpress.attention_patch import attention_patch
-from kvpress.utils import compute_n_kept
 
 from methods.base import AttentionMethod
 
