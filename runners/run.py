@@ -20,6 +20,7 @@ import methods
 import tasks
 from core.knobs import preset_knobs, preset_methods
 from core.measure import METER_KNOBS, meter_from_config
+from core.progress import Progress
 from methods import to_plain
 from runners.log import RunRecord, make_logger
 from runners.summary import format_table, progress_line
@@ -132,6 +133,7 @@ def run(cfg_in: Any, *, raise_errors: bool = False, sweep_dir: str | None = None
     cfg = to_plain(cfg_in)
     runs_dir = Path(cfg.get("results_dir", "results")) / "runs"
     quiet = bool(cfg.get("quiet", False))
+    Progress.quiet = quiet
     t_start = time.perf_counter()
     base: dict[str, Any] = {
         "status": "ok", "error": None, "method": _raw_name(cfg, "method"), "task": _raw_name(cfg, "task"),

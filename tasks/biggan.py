@@ -49,6 +49,7 @@ import methods
 from core.knobs import Bool, Choice, Float, Int, Str
 from methods.base import AttentionMethod
 from core.measure import Meter
+from core.progress import Progress
 
 from .metrics import fid as fidlib
 from . import register
@@ -270,6 +271,7 @@ class BigGANTask(Task):
         label = f"generate/{id(method)}"
         meter.results.pop(label, None)
         feats, logits, keep = [], [], []
+        progress = Progress(f"biggan {getattr(method, 'name', 'method')}: images", len(z))
         for i in range(0, len(z), self.batch_size):
             zb, yb = z[i: i + self.batch_size].to(self.device), y[i: i + self.batch_size].to(self.device)
             img = meter.timed(label, lambda: self.model(zb, yb, self.truncation))
@@ -281,6 +283,7 @@ class BigGANTask(Task):
             feats.append(f)
             if with_logits:
                 logits.append(lg if self.is_net is None else fidlib.features(self.is_net, img)[1])
+            progress.step(len(zb))
         gen_s = sum(meter.results.pop(label).samples_ms) / 1e3
         logits_all = np.concatenate(logits) if logits else np.zeros((len(z), 0), np.float32)
         return np.concatenate(feats), logits_all, torch.cat(keep), gen_s

@@ -37,6 +37,7 @@ from methods import to_plain
 from core.knobs import AnyValue, Bool, Choice, Int, Mapping_, Str, preset_knobs, preset_methods
 from methods.base import DTYPES, AttentionMethod
 from core.measure import Meter
+from core.progress import Progress
 
 from . import adapters, register
 from .adapters import t2t_vit as t2t_adapter, timm_vit as timm_adapter
@@ -247,6 +248,7 @@ class ImageNetTask(Task):
         top-1 agreement; returns (those columns, the first batch of images)."""
         correct1 = correct5 = ex1 = ex5 = agree = total = 0
         first: Tensor | None = None
+        progress = Progress("imagenet: batch", len(self.loader))
         for images, labels in self.loader:
             x = images.to(self.device, self.dtype, non_blocking=True)
             y = labels.to(self.device)
@@ -266,6 +268,7 @@ class ImageNetTask(Task):
             ex5 += int((ex_top5 == y[:, None]).any(-1).sum())
             agree += int((ex_top5[:, 0] == top5[:, 0]).sum())
             total += len(y)
+            progress.step()
         if first is None:
             raise RuntimeError("the ImageNet loader yielded no images; check task.data_root and task.limit.")
         return {

@@ -143,3 +143,22 @@ def test_threads_are_pinned_and_recorded():
         assert Meter(num_threads=1).num_threads == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_progress_lines_with_time_left_and_quiet(capsys):
+    from core.progress import Progress
+
+    clock = FakeClock()
+    p = Progress("imagenet: batch", 4, every_s=10.0, clock=clock)
+    for _ in range(4):
+        clock.t += 6.0
+        p.step()
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["[attnbench] imagenet: batch 2/4, 12 s, about 12 s left", "[attnbench] imagenet: batch 4/4, 24 s"]
+    Progress.quiet = True
+    try:
+        q = Progress("x", 1, clock=clock)
+        q.step()
+        assert capsys.readouterr().out == ""
+    finally:
+        Progress.quiet = False
