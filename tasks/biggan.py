@@ -22,7 +22,7 @@ same run or read from ``task.exact_cache_dir``), ``exact_fid``/``exact_is_*``, t
 layer's latency at batch ``task.latency_batch`` (``latency_ms``, ``exact_latency_ms``,
 ``speedup``, ``peak_mem_mb``), the whole generator's (``gen_latency_ms``, ``exact_gen_latency_ms``,
 ``gen_speedup``) and the wall time of generating all images (``gen_time_s``, ``images_per_s``).
-Metric details (networks, preprocessing, the IS formula): tasks/fid.py.
+Metric details (networks, preprocessing, the IS formula): tasks/metrics/fid.py.
 
 The papers' per-method budgets are the preset ``biggan`` (``preset=biggan``, set by
 conf/experiment/biggan.yaml), composed into ``method.*`` before command-line overrides.

@@ -5,7 +5,7 @@ attention), then the question is answered greedily from the compressed cache, wi
 ``KVPressTextGenerationPipeline`` (``preprocess`` for chat template and tokenisation,
 ``generate_answer`` for decoding); prefill and decoding are timed separately.
 
-Presses (``task.press``, see ``tasks/presses.py``): ``method`` (the run's suite method: WildCat's
+Presses (``task.press``, see ``tasks/adapters/presses.py``): ``method`` (the run's suite method: WildCat's
 KV-cache mode for ``method=wildcat``, no compression for ``method=exact``, ``compress()`` of any
 other method), ``none``, ``uniform``, ``balance_kv``, kvpress short names (``snapkv``,
 ``streaming_llm``, ``pyramidkv``, ``knorm``, ``expected_attention``, ``tova``, ``random``, …) or

@@ -2,7 +2,7 @@
 
 Used wherever a long natural-language text is needed without downloads: the filler of the
 ``kv_cache`` needle/ppl datasets, the ``smollm2`` q/k/v source of the fidelity task
-(``tasks/sources.py``) and LATTE threshold training (``runners/train_thresholds.py``).
+(``tasks/datasets/sources.py``) and LATTE threshold training (``runners/train_thresholds.py``).
 
 ``local_text(min_chars)`` walks ``MODULES`` in order and, per module, takes the module's
 docstring and then the docstrings of its public attributes (sorted by name), keeping those over
@@ -30,7 +30,7 @@ import importlib
 import inspect
 import warnings
 
-# One module list. The first 80 are the historical ``tasks/sources.py`` list (the needle/ppl
+# One module list. The first 80 are the historical ``tasks/sources.py`` list (now tasks/datasets/sources.py) (the needle/ppl
 # filler and the fidelity smollm2 capture are prefixes of this walk: keep their order); the last
 # four came from ``runners/train_thresholds.py``'s former list.
 MODULES: tuple[str, ...] = tuple((
