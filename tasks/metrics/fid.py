@@ -58,6 +58,23 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".t
 # --------------------------------------------------------------------------------------------
 # Feature networks
 # --------------------------------------------------------------------------------------------
+
+def load_weights(path: str | None, url: str, *, missing: str, offline: str) -> Any:
+    """A state dict from a local ``path``, else from the torch hub cache (or ``url``).
+
+    ``missing`` (formatted with ``path``) and ``offline`` (with ``err``, the exception's type name)
+    are the errors' messages: each names the config key to set and the file to fetch.
+    """
+    if path:
+        local = os.path.expanduser(str(path))
+        if not os.path.isfile(local):
+            raise FileNotFoundError(missing.format(path=local))
+        return torch.load(local, map_location="cpu")
+    try:
+        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
+    except Exception as e:  # offline and not in the torch hub cache
+        raise RuntimeError(offline.format(err=type(e).__name__)) from e
+
 class InceptionFeatures(nn.Module):
     """pytorch-fid's FID InceptionV3: (pool3 features (B, 2048), fc logits (B, 1008))."""
 
@@ -77,21 +94,13 @@ class InceptionFeatures(nn.Module):
         net.Mixed_6e = pfi.FIDInceptionC(768, channels_7x7=192)
         net.Mixed_7b = pfi.FIDInceptionE_1(1280)
         net.Mixed_7c = pfi.FIDInceptionE_2(2048)
-        if weights:
-            path = os.path.expanduser(str(weights))
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"task.inception_weights={path!r} does not exist; set it to pytorch-fid's "
-                                        f"pt_inception-2015-12-05-6726825d.pth ({pfi.FID_WEIGHTS_URL}).")
-            state = torch.load(path, map_location="cpu")
-        else:
-            try:
-                state = torch.hub.load_state_dict_from_url(pfi.FID_WEIGHTS_URL, map_location="cpu", progress=False)
-            except Exception as e:  # offline and not in the torch hub cache
-                raise RuntimeError(
-                    f"could not load pytorch-fid's Inception weights (not in the torch hub cache, download failed: "
-                    f"{type(e).__name__}); download {pfi.FID_WEIGHTS_URL} and set task.inception_weights=PATH, "
-                    f"or task.feature_net=tiny for a smoke run."
-                ) from e
+        state = load_weights(
+            weights, pfi.FID_WEIGHTS_URL,
+            missing="task.inception_weights={path!r} does not exist; set it to pytorch-fid's "
+                    f"pt_inception-2015-12-05-6726825d.pth ({pfi.FID_WEIGHTS_URL}).",
+            offline="could not load pytorch-fid's Inception weights (not in the torch hub cache, download failed: "
+                    f"{{err}}); download {pfi.FID_WEIGHTS_URL} and set task.inception_weights=PATH, "
+                    "or task.feature_net=tiny for a smoke run.")
         net.load_state_dict(state)
         self.net = net.eval()
         self.double_normalize = bool(double_normalize)
@@ -175,23 +184,14 @@ class TorchvisionInception(nn.Module):
         # As torchvision builds it for its ImageNet weights (aux branch in the file), transform_input
         # off as in BigGAN-PyTorch's load_inception_net (irrelevant here: forward bypasses it).
         net = torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=False, init_weights=False)
-        if weights:
-            path = os.path.expanduser(str(weights))
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"task.is_weights={path!r} does not exist; set it to torchvision's ImageNet "
-                                        f"InceptionV3 weights {fname} ({url}), or task.is_network=pytorch_fid|tiny.")
-            state = torch.load(path, map_location="cpu")
-            where = f"task.is_weights={path!r}"
-        else:
-            try:
-                state = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False)
-            except Exception as e:  # offline and not in the torch hub cache
-                raise RuntimeError(
-                    f"could not load torchvision's InceptionV3 weights for the Inception Score (not in the torch hub "
-                    f"cache, download failed: {type(e).__name__}); download {url} and set task.is_weights=PATH/{fname}, "
-                    f"or task.is_network=pytorch_fid (pytorch-fid's Inception logits) or tiny for a smoke run."
-                ) from e
-            where = f"the torch hub cache's {fname}"
+        state = load_weights(
+            weights, url,
+            missing="task.is_weights={path!r} does not exist; set it to torchvision's ImageNet "
+                    f"InceptionV3 weights {fname} ({url}), or task.is_network=pytorch_fid|tiny.",
+            offline="could not load torchvision's InceptionV3 weights for the Inception Score (not in the torch hub "
+                    f"cache, download failed: {{err}}); download {url} and set task.is_weights=PATH/{fname}, "
+                    "or task.is_network=pytorch_fid (pytorch-fid's Inception logits) or tiny for a smoke run.")
+        where = f"task.is_weights={os.path.expanduser(str(weights))!r}" if weights else f"the torch hub cache's {fname}"
         if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
             state = state["state_dict"]
         try:
