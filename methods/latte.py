@@ -32,7 +32,8 @@ This suite's choices (the paper's exact recipe is not public):
   * Heads: ``heads`` fixes the number of thresholds; ``heads=None`` sizes θ lazily on the first
     call (build the optimiser after one forward). ``thresholds_path`` loads a ``.pt`` file of
     ``{layer_name: θ tensor}``; ``threshold_layer`` picks the entry (may be omitted when the
-    file holds exactly one).
+    file holds exactly one; with several and none picked, calling the method is an error, so that
+    a task can give each layer its entry: ``task=lm`` does).
 
 Complexity: a filter, not a sub-quadratic method: O(n²·d) time. The PyTorch path works in query
 chunks of ``chunk_size``, so memory is O(chunk_size·n), never n×n for n > chunk_size (during
@@ -128,6 +129,7 @@ class Latte(AttentionMethod):
         self.threshold_layer = threshold_layer
         self.theta: nn.Parameter | None = None
         self._soft_kept: Tensor | None = None
+        self._unresolved = ""  # set when thresholds_path holds several layers and threshold_layer is None
         if heads is not None:
             self.theta = nn.Parameter(torch.full((heads,), self.threshold))
         if thresholds_path is not None:
@@ -142,10 +144,10 @@ class Latte(AttentionMethod):
         if not isinstance(table, dict) or not table:
             raise ValueError(f"method.thresholds_path {path!r} must hold a non-empty dict {{layer_name: θ tensor}}.")
         if layer is None:
-            if len(table) != 1:
-                raise ValueError(
-                    f"method.threshold_layer must name one of {sorted(table)} (the file holds several layers)."
-                )
+            if len(table) != 1:  # an error at the first call: a task may still pick the layer (task=lm does)
+                self._unresolved = (f"method.threshold_layer must name one of {sorted(table)} "
+                                    f"(the file holds several layers).")
+                return
             layer = next(iter(table))
         if layer not in table:
             raise ValueError(f"method.threshold_layer {layer!r} is not in {path!r}; it holds {sorted(table)}.")
@@ -158,6 +160,8 @@ class Latte(AttentionMethod):
         self.theta = nn.Parameter(theta.clone())
 
     def _theta_for(self, heads: int, device: torch.device) -> Tensor:
+        if self._unresolved:
+            raise ValueError(self._unresolved)
         if self.theta is None:  # lazy sizing on the first call
             self.theta = nn.Parameter(torch.full((heads,), self.threshold, device=device))
             self.heads = heads
@@ -222,11 +226,15 @@ class Latte(AttentionMethod):
         cols = torch.arange(Nk, device=q.device)
         for start in range(0, Nq, self.chunk_size):
             stop = min(Nq, start + self.chunk_size)
-            hh = q_hi[:, :, start:stop] @ k_hi.transpose(-2, -1)  # exact small-integer products
+            # causal: keys after the chunk's last query are masked for every row of the chunk, so
+            # they are left out (the same output, half the work over the whole call)
+            kend = min(Nk, stop + (Nk - Nq)) if causal else Nk
+            k_hi_c, k_rest_c, k_c, v_c = k_hi[:, :, :kend], k_rest[:, :, :kend], k[:, :, :kend], v[:, :, :kend]
+            hh = q_hi[:, :, start:stop] @ k_hi_c.transpose(-2, -1)  # exact small-integer products
             est = 256 * hh * c
             if causal:
                 rows = torch.arange(start, stop, device=q.device) + (Nk - Nq)
-                valid = (cols[None, :] <= rows[:, None]).expand(B, H, -1, -1)
+                valid = (cols[None, :kend] <= rows[:, None]).expand(B, H, -1, -1)
                 est = est.masked_fill(~valid, float("-inf"))
             else:
                 valid = None
@@ -234,12 +242,12 @@ class Latte(AttentionMethod):
             keep = rel >= -th
             if self.score == "int8":
                 q_rest = torch.cat([q_hi[:, :, start:stop], q_lo[:, :, start:stop]], dim=-1)
-                s = (256 * hh + q_rest @ k_rest.transpose(-2, -1)) * c
+                s = (256 * hh + q_rest @ k_rest_c.transpose(-2, -1)) * c
                 if q.requires_grad or k.requires_grad:  # straight-through over the rounding
-                    s_f = (q[:, :, start:stop] @ k.transpose(-2, -1)) * scale
+                    s_f = (q[:, :, start:stop] @ k_c.transpose(-2, -1)) * scale
                     s = s_f + (s - s_f).detach()
             else:
-                s = (q[:, :, start:stop] @ k.transpose(-2, -1)) * scale
+                s = (q[:, :, start:stop] @ k_c.transpose(-2, -1)) * scale
             m_hard = keep.to(q.dtype)
             if train:
                 m_soft = torch.sigmoid((rel + th) / self.temperature)
@@ -256,7 +264,7 @@ class Latte(AttentionMethod):
             row_max = s.detach().masked_fill(~keep, float("-inf")).amax(dim=-1, keepdim=True)
             w = torch.exp((s - row_max).clamp_max(80.0)) * m
             p = w / w.sum(dim=-1, keepdim=True)
-            outs.append(p @ v)
+            outs.append(p @ v_c)
             stats.kept += keep.sum(dim=(0, 2, 3)).double()
             n_valid = (valid.sum(dim=(0, 2, 3)).double() if valid is not None
                        else torch.full_like(stats.valid, B * (stop - start) * Nk))

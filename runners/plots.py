@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 
@@ -73,13 +73,15 @@ AXIS_LABELS: dict[str, str] = {
     "fid": "FID",
     "is_mean": "Inception score",
     "ppl": "perplexity",
+    "ppl_ratio": "perplexity / untouched model's perplexity (×)",
+    "top1_agreement": "next-token top-1 agreement with the untouched model (%)",
     "score": "score",
 }
 # Column -> axis kind; one tick style per kind (see _style_axis).
 AXIS_KINDS: dict[str, str] = {
     "n": "n", "task.budget": "budget", "preset.budget": "budget", "budget": "budget",
     "latency_ms": "log", "exact_latency_ms": "log", "peak_mem_mb": "log", "exact_peak_mem_mb": "log",
-    "rel_spec_error": "log", "rel_fro_error": "log", "max_abs_error": "log", "speedup": "log",
+    "rel_spec_error": "log", "rel_fro_error": "log", "max_abs_error": "log", "speedup": "log", "ppl_ratio": "log",
 }
 BAND_ALPHA = 0.18
 
@@ -432,6 +434,78 @@ def speedup_vs_n(df: pd.DataFrame, out_dir: Path, stem: str, *, title: str = "",
     ax.axhline(1.0, color="#888888", ls=":", lw=1.0, label="parity with exact")
     _finish(ax, "n", "speedup")
     _note(ax, sorted(n for n in notes if n))
+    return _save(fig, out_dir, stem)
+
+
+# KV-cache presses (``task=kv_cache``): label (the ``press`` row column less "Press") -> style.
+PRESS_STYLES: dict[str, tuple[str, str, str]] = {
+    "none": ("black", ":", "*"),
+    "WildCat": ("vermillion", "-", "o"),
+    "Uniform": ("sky_blue", "-", "s"),
+    "SnapKV": ("blue", "-", "^"),
+    "StreamingLLM": ("bluish_green", "-", "v"),
+    "Knorm": ("orange", "--", "D"),
+    "ExpectedAttention": ("reddish_purple", "--", "P"),
+    "TOVA": ("black", "--", "X"),
+}
+
+
+def press_order(presses: Sequence[str]) -> list[str]:
+    known = [p for p in PRESS_STYLES if p in set(presses)]
+    return known + sorted(set(presses) - set(known))
+
+
+def press_style(press: str) -> dict:
+    c, ls, mk = PRESS_STYLES.get(press, (None, UNKNOWN_LINESTYLE, "o"))
+    return {"color": OKABE_ITO[c] if c else UNKNOWN_COLOR, "ls": ls, "marker": mk, "lw": 1.5,
+            "ms": 9 if mk == "*" else 6, "mec": "white" if press != "none" else "black", "mew": 0.6}
+
+
+def kv_vs_kept(table: pd.DataFrame, panels: Sequence[tuple[str, str]], out_dir: Path, stem: str, *,
+               title: str = "", subtitle: str = "", chance: float | None = None) -> list[Path]:
+    """KV-cache presses: one panel per (column, y label) of ``panels`` against ``kept_fraction``,
+    one line per ``press`` (rows of ``table``: press, kept_fraction, the panel columns). The
+    uncompressed cache (``none``) is a star at its kept fraction and a dotted horizontal line;
+    ``chance`` (in % of a ``score`` panel) a grey dashed line. Perplexity panels are log-scaled
+    when they span more than a factor 3."""
+    panels = [(c, lab) for c, lab in panels if c in table and _num(table[c]).notna().any()]
+    if not panels:
+        return []
+    cols = 2 if len(panels) == 4 else len(panels)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 1.8, 3.6 * rows + 0.8), layout="constrained",
+                             squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle("\n".join(textwrap.wrap(title, 110)), x=0.02, ha="left", fontweight="bold")
+    if subtitle:
+        fig.supxlabel("\n".join(textwrap.wrap(subtitle, 150)), fontsize=7.5, color="#333333", x=0.02, ha="left")
+    for ax, (col, ylab) in zip(axes.flat, panels):
+        for press in press_order(table["press"].unique()):
+            d = table[table["press"] == press].assign(_x=lambda t: _num(t["kept_fraction"]), _y=lambda t: _num(t[col]))
+            d = d.dropna(subset=["_x", "_y"]).sort_values("_x")
+            if d.empty:
+                continue
+            ax.plot(d["_x"], d["_y"], label=press, **press_style(press))
+            if press == "none":
+                ax.axhline(float(d["_y"].iloc[0]), color="#000000", ls=":", lw=0.9)
+        if chance is not None and col == "score":
+            ax.axhline(chance, color="#888888", ls="--", lw=1.0, label=f"chance ({chance:g} %)")
+        y = _num(table[col]).dropna()
+        if col in ("ppl", "answer_nll") and len(y) and y.min() > 0 and y.max() / y.min() > 3:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(mticker.FuncFormatter(_plain))
+            ax.yaxis.set_minor_formatter(mticker.FuncFormatter(_plain))
+        ax.set_xlabel("kept fraction of the KV cache")
+        ax.set_ylabel(ylab)
+        ax.grid(True, which="major", alpha=0.35)
+    seen: dict[str, Any] = {}
+    for ax in axes.flat[:len(panels)]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    axes[0][-1].legend(list(seen.values()), list(seen), frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                       borderaxespad=0.0)
     return _save(fig, out_dir, stem)
 
 

@@ -18,7 +18,12 @@ coverage ("8/8 methods × 7/7 n = 56/56 configs") and writes, by default under t
 - ``figures/<NAME>_*.png|pdf``: error vs budget, error vs latency (budget written at each point),
   log-log latency (p10–p90 bands), memory (with the dense n×n score matrix as reference),
   speed-up (95 % intervals) and error vs n, accuracy / FID / IS vs speed-up, as the columns allow;
-  each titled with its measurement and subtitled with the setup.
+  each titled with its measurement and subtitled with the setup;
+- KV-cache experiments (rows with ``task.press``, e.g. ``kv_compare``): ``<NAME>_kv_table.csv``, one
+  line per press and compression ratio with the kept fraction and each dataset's score side by
+  side (ppl, recall score, digit accuracy, answer NLL), also under the markdown table, and
+  ``figures/<NAME>_kv_vs_kept.png|pdf`` (those metrics vs kept fraction, one line per press)
+  instead of the figures above.
 
 An unknown NAME exits with status 2 and the list of experiments (``glove_error`` and
 ``smollm2_error`` name the same experiment: rows under either name are read); a refused
@@ -58,8 +63,9 @@ TIME_COLUMNS = ("finished_at", "timestamp", "time", "created_at", "started_at") 
 METRICS = [
     "rel_spec_error", "rel_fro_error", "max_abs_error", "latency_ms", "latency_p10_ms", "latency_p90_ms",
     "exact_latency_ms", "speedup", "speedup_lo", "speedup_hi",
-    "peak_mem_mb", "exact_peak_mem_mb", "top1", "top5", "fid", "is_mean", "is_std", "ppl", "score",
-    "kept_fraction", "is_degradation_pct", "fid_degradation_pct",
+    "peak_mem_mb", "exact_peak_mem_mb", "top1", "top5", "fid", "is_mean", "is_std", "ppl", "exact_ppl", "ppl_increase",
+    "score",
+    "digit_accuracy", "answer_nll", "kept_fraction", "is_degradation_pct", "fid_degradation_pct",
 ]
 EXTRA_SUFFIXES = ("_speedup", "_latency_ms", "agreement")  # task-specific metric columns kept too
 ROW_AXES = ["n", "batch", "heads", "causal"]  # row columns that become group keys when they vary
@@ -226,6 +232,55 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ------------------------------------------------------------------------------ KV-cache presses
+
+KV_METRICS = [("ppl", "perplexity (ppl)"), ("score", "score (recall: multiple-choice accuracy, %)"),
+              ("digit_accuracy", "recall: digit accuracy (%)"), ("answer_nll", "recall: answer NLL per token")]
+
+
+def is_kv(rows: pd.DataFrame) -> bool:
+    """Rows of the KV-cache task (a press per row)."""
+    return "task.press" in rows and "kept_fraction" in rows and "press" in rows
+
+
+def press_label(rows: pd.DataFrame) -> pd.Series:
+    """The press of each row, readable: the ``press`` class less "Press" (``none`` for none;
+    a suite method's ``MethodPress`` by the method's name)."""
+    def one(r):
+        p = str(r["press"])
+        if p == "MethodPress":
+            return str(r["method"])
+        return p[:-len("Press")] if p.endswith("Press") and p != "Press" else p
+    return rows.apply(one, axis=1) if len(rows) else pd.Series(dtype=object)
+
+
+def kv_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per (press, compression ratio[, n]): mean kept fraction over all its rows and, per
+    metric of ``KV_METRICS``, the mean over the rows that have it (``ppl`` from the ppl rows,
+    ``score`` / ``digit_accuracy`` / ``answer_nll`` from the recall or needle rows, averaged over seeds)."""
+    df = rows.assign(press=press_label(rows), compression_ratio=_num(rows["task.compression_ratio"]))
+    group = ["press", "compression_ratio"] + (["n"] if "n" in df and _varies(df["n"]) else [])
+    cols = ["kept_fraction"] + [c for c, _ in KV_METRICS if c in df and _num(df[c]).notna().any()]
+    for c in cols:
+        df[c] = _num(df[c])
+    t = df.groupby(group, dropna=False, sort=False)[cols].mean().reset_index()
+    if "task.dataset" in df:
+        t["datasets"] = [" ".join(sorted(map(str, d["task.dataset"].dropna().unique())))
+                         for _, d in df.groupby(group, dropna=False, sort=False)]
+    order = {p: i for i, p in enumerate(plots.press_order(t["press"].unique()))}
+    return (t.assign(_o=t["press"].map(order)).sort_values(["_o", "compression_ratio"], kind="stable")
+            .drop(columns="_o").reset_index(drop=True))
+
+
+def kv_figures(rows: pd.DataFrame, name: str, out_dir: Path, subtitle: str) -> list[Path]:
+    t = kv_table(rows)
+    chance = _num(rows["chance"]).dropna().unique() if "chance" in rows else []
+    return plots.kv_vs_kept(t, KV_METRICS, out_dir, f"{name}_kv_vs_kept", subtitle=subtitle,
+                            chance=float(chance[0]) if len(chance) == 1 else None,
+                            title="KV-cache presses: held-out perplexity and needle recall vs the fraction of the "
+                                  "prefill cache kept")
+
+
 # ------------------------------------------------------------------------------ experiments, grid
 
 class UnknownExperiment(LookupError):
@@ -270,13 +325,35 @@ class Axis:
 class Grid:
     experiment: str
     axes: list[Axis] = field(default_factory=list)
+    method_max_n: dict[str, int] = field(default_factory=dict)  # the experiment's task.method_max_n
+    conf_dir: Path = CONF_DIR
+
+    def covers(self, preset: str | None, method: str | None) -> bool:
+        """Whether ``preset`` has settings for ``method`` (``conf/method/preset/<preset>/``); a preset
+        without any per-method folder (older configs, budgets only) covers every method."""
+        if preset in (None, "none"):
+            return True
+        folder = Path(self.conf_dir) / "method" / "preset" / str(preset)
+        return not folder.is_dir() or (folder / f"{method}.yaml").is_file()
 
     @property
     def columns(self) -> list[str]:
         return [c for a in self.axes for c in a.columns]
 
     def configs(self) -> list[tuple]:
-        return [sum(p, ()) for p in itertools.product(*(a.values for a in self.axes))]
+        """Every combination of the axes' values, less the (method, preset) pairs that the preset
+        does not cover (a sweep skips those jobs: ``runners.run``) and the n above a method's
+        ``task.method_max_n``."""
+        out = [sum(p, ()) for p in itertools.product(*(a.values for a in self.axes))]
+        cols = self.columns
+        if "method" in cols and "preset" in cols:
+            im, ip = cols.index("method"), cols.index("preset")
+            out = [c for c in out if self.covers(c[ip], c[im])]
+        n_col = "n" if "n" in cols else "context_length"
+        if "method" in cols and n_col in cols and self.method_max_n:  # n above a method's cap: not run
+            im, i_n = cols.index("method"), cols.index(n_col)
+            out = [c for c in out if c[im] not in self.method_max_n or float(c[i_n]) <= self.method_max_n[c[im]]]
+        return out
 
 
 def _canon(v: Any) -> str | None:
@@ -332,7 +409,7 @@ def load_grid(name: str, conf_dir: str | Path = CONF_DIR) -> Grid:
     raw = _yaml(conf_dir / "experiment" / f"{name}.yaml")
     params = ((raw.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
     parser = OverridesParser.create()
-    grid = Grid(name)
+    grid = Grid(name, conf_dir=conf_dir)
     for key, text in params.items():
         ov = parser.parse_override(f"{key}={text}")
         vals = list(ov.sweep_iterator()) if ov.is_sweep_override() else [ov.value()]
@@ -374,10 +451,14 @@ def load_grid(name: str, conf_dir: str | Path = CONF_DIR) -> Grid:
             base = conf_dir / "config.yaml"
             seed = _yaml(base).get("seed", 0) if base.is_file() else 0
         grid.axes.append(Axis("seeds", ("seed",), [(_canon(seed),)]))
+    grid.method_max_n = {str(k): int(v) for k, v in ((raw.get("task") or {}).get("method_max_n") or {}).items()}
     task_n = (raw.get("task") or {}).get("n")
     if "n" not in set(grid.columns) and task_n is not None:
         ns = task_n if isinstance(task_n, list) else [task_n]
         grid.axes.append(Axis("n", ("n",), [(_canon(x),) for x in ns]))
+    ctx = (raw.get("task") or {}).get("context_length")  # lm / kv_cache: one row per context length
+    if "n" not in set(grid.columns) and "context_length" not in set(grid.columns) and ctx is not None:
+        grid.axes.append(Axis("n", ("context_length",), [(_canon(x),) for x in (ctx if isinstance(ctx, list) else [ctx])]))
     order = {"methods": 0, "n": 2, "seeds": 3}
     grid.axes.sort(key=lambda a: order.get(a.label, 1))
     return grid
@@ -578,6 +659,8 @@ def figures(rows: pd.DataFrame, name: str, out_dir: Path, subtitle: str | None =
                                                "exact_latency_p90_ms", "batch", "heads") if c in df]:
         df[c] = _num(df[c])
     sub = setup_line(rows, name) if subtitle is None else subtitle
+    if is_kv(df):
+        return kv_figures(df, name, out_dir, sub)
     paths: list[Path] = []
     budget = next((c for c in BUDGET_COLUMNS if c in df and _varies(df[c])), None)
     if budget:
@@ -611,12 +694,35 @@ def figures(rows: pd.DataFrame, name: str, out_dir: Path, subtitle: str | None =
             paths += plots.metric_vs_x(approx, "n", e, out_dir, f"{name}_error_vs_n", subtitle=sub,
                                        title=f"Relative {ERROR_NAMES[e]} error of the attention output "
                                              "vs sequence length")
+    if "attn_speedup" in df and "exact_ppl" in df:
+        return paths + lm_figures(df, name, out_dir, sub)
     if "speedup" in df and df["speedup"].notna().any():
         for y in ("top1", "fid", "is_mean", "ppl", "score"):
             if y in df and df[y].notna().any():
                 paths += plots.metric_vs_x(df, "speedup", y, out_dir, f"{name}_{y}_vs_speedup", subtitle=sub,
                                            title=f"{plots.axis_label(y)[:1].upper() + plots.axis_label(y)[1:]} "
                                                  f"vs attention speed-up")
+    return paths
+
+
+def lm_figures(df: pd.DataFrame, name: str, out_dir: Path, sub: str) -> list[Path]:
+    """task=lm: per context length, the perplexity ratio to the untouched model and the next-token
+    agreement against the paired speed-up of the swapped attention calls (horizontal bars: its
+    95 % interval); one line per method through its budgets."""
+    paths: list[Path] = []
+    d = df[df["method"] != "exact"].copy()
+    for c in ("ppl", "exact_ppl", "top1_agreement", "attn_speedup", "attn_speedup_lo", "attn_speedup_hi", "n"):
+        d[c] = _num(d[c])
+    d["ppl_ratio"] = d["ppl"] / d["exact_ppl"]
+    d["speedup"], d["speedup_lo"], d["speedup_hi"] = d["attn_speedup"], d["attn_speedup_lo"], d["attn_speedup_hi"]
+    for n, g in d.groupby("n"):
+        tag = f"{int(n)}"
+        paths += plots.metric_vs_x(g, "speedup", "ppl_ratio", out_dir, f"{name}_ppl_vs_speedup_n{tag}", subtitle=sub,
+                                   title=f"Perplexity relative to the untouched model vs attention speed-up "
+                                         f"(context {int(n):,} tokens)")
+        paths += plots.metric_vs_x(g, "speedup", "top1_agreement", out_dir, f"{name}_agreement_vs_speedup_n{tag}",
+                                   subtitle=sub, title=f"Next-token agreement with the untouched model vs attention "
+                                                       f"speed-up (context {int(n):,} tokens)")
     return paths
 
 
@@ -708,6 +814,13 @@ def report(results_dir: str | Path, experiment: str, out_dir: str | Path | None 
         notes = _row_notes(ok)
         if notes:
             text += "\n" + "".join(f"- {n}\n" for n in notes)
+        kv = kv_table(ok) if is_kv(ok) else None
+        if kv is not None:
+            kp = stage / f"{cfg_name}_kv_table.csv"
+            kv.to_csv(kp, index=False)
+            written.append(kp)
+            text += ("\n## Press × compression ratio (kept fraction: mean over the rows; each metric from the "
+                     "rows that have it)\n\n" + to_markdown_plain(kv))
         if len(slopes):
             sp = stage / f"{cfg_name}_slopes.csv"
             slopes.to_csv(sp, index=False)
@@ -729,7 +842,7 @@ def report(results_dir: str | Path, experiment: str, out_dir: str | Path | None 
         for src, dst in zip(written, dest):
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
-    return {"table": table, "slopes": slopes, "errors": bad, "files": dest, "coverage": coverage,
+    return {"table": table, "slopes": slopes, "kv_table": kv, "errors": bad, "files": dest, "coverage": coverage,
             "missing": sel.missing if sel is not None else [], "experiment": cfg_name, "out_dir": out}
 
 
@@ -801,6 +914,8 @@ def main(argv: list[str] | None = None) -> None:
         print(_int_columns(res["table"][cols]).to_string(index=False))
         if len(res["slopes"]):
             print(_int_columns(res["slopes"]).to_string(index=False))
+        if res.get("kv_table") is not None:
+            print(res["kv_table"].to_string(index=False))
     if len(res["errors"]):
         print(f"{res['errors']['run_id'].nunique()} failed run(s): see the markdown table.")
     print(f"grid coverage ({res['experiment']}): {res['coverage']}")

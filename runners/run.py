@@ -66,6 +66,21 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
+def uncovered_preset(cfg: Mapping[str, Any]) -> str | None:
+    """``"preset P has no settings for method M; …"`` when the config's preset does not cover its
+    method, else None. A single run with such a pair is an error; a sweep (method × preset, where
+    presets may cover only some methods) skips the job without a row."""
+    name, method = _raw_name(cfg, "preset"), _raw_name(cfg, "method")
+    if name in (None, "none") or method is None:
+        return None
+    try:
+        if preset_knobs(str(name), str(method)) is not None:
+            return None
+    except ValueError:  # unknown preset: resolve_config makes the error row
+        return None
+    return f"preset {name!r} has no settings for method {method!r}; it covers {preset_methods(str(name))}"
+
+
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The validated, normalised config of a run: the method's effective knobs, the task's knobs
     with defaults filled in, the meter's knobs, seed, device, preset and experiment.
@@ -78,8 +93,7 @@ def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     method_cfg = methods.resolve(cfg["method"])
     preset = dict(cfg.get("preset") or {"name": "none"})
     if preset.get("name", "none") != "none" and preset_knobs(preset["name"], method_cfg["name"]) is None:
-        raise ValueError(f"preset {preset['name']!r} has no settings for method {method_cfg['name']!r}; "
-                         f"it covers {preset_methods(preset['name'])}.")
+        raise ValueError(uncovered_preset({"preset": preset, "method": method_cfg}) + ".")
     meter_cfg = dict(cfg.get("meter") or {})
     unknown = sorted(set(meter_cfg) - set(METER_KNOBS))
     if unknown:
@@ -141,6 +155,10 @@ def run(cfg_in: Any, *, raise_errors: bool = False, sweep_dir: str | None = None
         "torch_version": torch.__version__, "cuda_version": torch.version.cuda, "git_commit": git_commit(),
         "hostname": platform.node(),
     }
+    skip = uncovered_preset(cfg) if sweep_dir is not None else None
+    if skip:
+        print(f"[attnbench] skip: {skip} (a method × preset pair of the sweep that the preset does not cover)")
+        return []
     try:
         resolved = resolve_config(cfg)
     except Exception as exc:  # a bad config is an error row too (a sweep goes on)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 import methods
-from core.knobs import Bool, Choice, Float, Int, ListOf, Str
+from core.knobs import Bool, Choice, Float, Int, ListOf, Mapping_, Str
 from core.measure import Measurement, Meter
 from methods.base import DTYPES, AttentionMethod
 from tasks import register
@@ -58,8 +58,10 @@ class Fidelity(Task):
     empty). With ``task.share_exact``, exact attention on identical inputs (same task config, n,
     seed, device, meter settings) is measured once per process and its samples, memory and output
     are reused by later runs, e.g. by every method of a ``-m`` sweep in one process; such rows have
-    ``exact_shared`` true and an unpaired interval. The spectral norm is computed exactly
-    (``torch.linalg.matrix_norm(ord=2)``) rather than by power iteration.
+    ``exact_shared`` true and an unpaired interval. ``task.method_max_n`` ({method: n}) caps the
+    n at which a method runs (a quadratic one in a scaling sweep); the skipped n are printed. The
+    spectral norm is computed exactly (``torch.linalg.matrix_norm(ord=2)``) rather than by power
+    iteration.
     """
 
     knobs = {
@@ -78,6 +80,7 @@ class Fidelity(Task):
         "share_exact": Bool(),
         "cache_dir": Str(),
         "glove_path": Str(optional=True),
+        "method_max_n": Mapping_(),
     }
 
     def num_rows(self) -> int:
@@ -87,7 +90,13 @@ class Fidelity(Task):
         cfg = self.cfg
         causal, dtype_name = cfg["causal"], cfg["dtype"]
         exact = methods.build("exact")
-        for n in cfg["n"]:
+        cap = cfg["method_max_n"].get(method.name)
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ValueError(f"task.method_max_n.{method.name} must be an integer >= 1, got {cap!r}.")
+        skipped = [n for n in cfg["n"] if cap is not None and n > cap]
+        if skipped:
+            print(f"[attnbench] {method.name}: n = {skipped} skipped (task.method_max_n.{method.name}={cap})", flush=True)
+        for n in (n for n in cfg["n"] if n not in skipped):
             data = make_qkv(cfg, n, self.seed, self.device, DTYPES[dtype_name])
             q, k, v = data["q"], data["k"], data["v"]
             scale = cfg["scale"] if cfg["scale"] is not None else data.get("scale")

@@ -17,7 +17,16 @@ Datasets (``task.dataset``):
 - ``needle``: a fact "The special magic number for <city> is <7 digits>." placed at each depth of
   ``task.depths`` in ``task.context_length`` tokens of filler (Python standard-library docstrings,
   ``tasks/datasets/needle.py`` and ``local_text.py``); score = 1 when the generated answer contains
-  the number (RULER-style string match).
+  the number (RULER-style string match; ``task.num_digits`` digits).
+- ``recall``: the same facts, one per depth of ``task.depths`` (distinct cities) in each of
+  ``task.num_samples`` windows of ``task.context_length`` tokens, scored by teacher-forced
+  likelihood instead of generation, so that a partly damaged recall still counts: each question is
+  asked with ``task.num_choices`` candidate numbers of ``task.num_digits`` digits (the true one and
+  random others); ``score`` = % of questions whose true number has the highest total
+  log-likelihood of its answer tokens (chance 100/num_choices), ``digit_accuracy`` = % of the true
+  answer's digit tokens that are the argmax under teacher forcing, ``answer_nll`` = mean NLL per
+  token of the true answer. Each candidate is scored on its own copy of the compressed cache
+  (``fork_cache``), so the compressed cache itself is never changed.
 - ``ppl``: perplexity of ``task.ppl_tokens`` held-out tokens given a compressed prefix of
   ``task.context_length`` tokens of the same filler.
 - ``longbench`` / ``longbench_e``: LongBench(-E) from the local Hugging Face cache
@@ -31,6 +40,7 @@ This module keeps the model loading and the task; data and metrics live in ``tas
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from typing import Any, Iterator, Mapping
 
@@ -44,79 +54,10 @@ from . import register
 from .base import Task
 from .datasets.longbench import (LONGBENCH_E_SUBSETS, LONGBENCH_SUBSETS, METRICS, classification, code_sim,  # noqa: F401
                                  count, load_longbench, longbench_score, qa_f1, retrieval, rouge_l)
-from .datasets.needle import CITIES, filler_ids, needle_sample  # noqa: F401
-from .datasets.sources import load_smollm2
+from .datasets.needle import CITIES, check_recall, filler_ids, needle_sample, recall_sample  # noqa: F401
+from .models.causal_lm import byte_tokenizer, load_model, tiny_llama  # noqa: F401 (older imports)
 
-DATASETS = ("needle", "ppl", "longbench", "longbench_e")
-_MODELS: dict[tuple, tuple] = {}  # (model, dtype, device) -> (model, tokenizer): reused across a sweep
-
-
-# ----------------------------------------------------------------------------- models
-def _byte_symbols() -> list[str]:
-    """The byte-level BPE symbol of each byte value 0..255 (GPT-2's byte-to-unicode map: printable
-    Latin-1 bytes stand for themselves, the others for chr(256 + k) in byte order)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    sym, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            sym[b] = chr(b)
-        else:
-            sym[b] = chr(256 + extra)
-            extra += 1
-    return [sym[b] for b in range(256)]
-
-
-def byte_tokenizer():
-    """A 256-symbol byte-level tokenizer (exact round trip, no files): for tiny random models.
-    Token id = byte value (``<s>`` 256, ``</s>`` 257), the same in every process."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    # (ByteLevel.alphabet() is the same symbol set, in an order that changes from process to process)
-    vocab = {ch: i for i, ch in enumerate(_byte_symbols())}
-    vocab["<s>"], vocab["</s>"] = 256, 257
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", model_max_length=8192)
-
-
-def tiny_llama(seed: int = 0, vocab_size: int = 258):
-    """A random 2-layer Llama (hidden 64, 4 heads, 2 KV heads) for tests."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-                      bos_token_id=256, eos_token_id=257, pad_token_id=257)
-    return LlamaForCausalLM(cfg).eval()
-
-
-
-
-def load_model(name: str, dtype: torch.dtype, device: torch.device):
-    """(model, tokenizer): ``smollm2`` (packaged GGUF, offline), ``tiny_llama`` (random, byte
-    tokenizer) or a Hugging Face name / local folder (local files only)."""
-    key = (name, dtype, str(device))
-    if key in _MODELS:
-        return _MODELS[key]
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    if name == "tiny_llama":
-        model, tok = tiny_llama(), byte_tokenizer()
-    elif name in ("smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct"):
-        model, tok = load_smollm2(dtype)
-    else:
-        try:
-            tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, local_files_only=True)
-        except OSError as e:
-            raise RuntimeError(f"task.model={name} is not available locally (no network here): download it into the "
-                               f"Hugging Face cache or set task.model to a local folder ({e}).") from e
-    model = model.to(device).eval()
-    _MODELS.clear()  # keep one model in memory
-    _MODELS[key] = (model, tok)
-    return model, tok
+DATASETS = ("needle", "recall", "ppl", "longbench", "longbench_e")
 
 
 def cache_mb(cache) -> float:
@@ -142,6 +83,8 @@ class KVCacheTask(Task):
         "context_length": ListOf(Int(1)),
         "depths": ListOf(Float(0, 1)),
         "needles_per_depth": Int(1),
+        "num_digits": Int(1, 18),
+        "num_choices": Int(2),
         "max_new_tokens": Int(1),
         "ppl_tokens": Int(2),
         "num_samples": Int(1),
@@ -152,7 +95,7 @@ class KVCacheTask(Task):
     }
 
     def num_rows(self) -> int | None:
-        return len(self.cfg["context_length"]) if self.dataset in ("needle", "ppl") else None
+        return len(self.cfg["context_length"]) if self.dataset in ("needle", "recall", "ppl") else None
 
     def __init__(self, cfg: Mapping[str, Any], device: torch.device, seed: int = 0, *, model=None, tokenizer=None):
         super().__init__(cfg, device, seed)
@@ -163,6 +106,8 @@ class KVCacheTask(Task):
             dt = "bfloat16" if device.type == "cuda" else "float32"
         self.dtype = getattr(torch, dt)
         self.ratio = cfg["compression_ratio"]
+        if self.dataset == "recall":
+            check_recall(cfg["depths"], cfg["num_digits"], cfg["num_choices"])
         self.meter = Meter.quick(device)  # replaced by the run's meter in run()
         if model is None:
             model, tokenizer = load_model(cfg["model"], self.dtype, device)
@@ -257,6 +202,8 @@ class KVCacheTask(Task):
         press = self.make_press(method)
         if self.dataset == "needle":
             yield from self.run_needle(press)
+        elif self.dataset == "recall":
+            yield from self.run_recall(press)
         elif self.dataset == "ppl":
             yield from self.run_ppl(press)
         else:
@@ -280,7 +227,7 @@ class KVCacheTask(Task):
             recs, by_depth = [], {}
             for d in depths:
                 for _ in range(per_depth):
-                    s = needle_sample(self.tok, filler, length, d, rng)
+                    s = needle_sample(self.tok, filler, length, d, rng, self.cfg["num_digits"])
                     r = self.answer(press, s["context"], s["question"], s["answer_prefix"],
                                     self.cfg["max_new_tokens"], None)
                     r["hit"] = float(s["answer"] in r["text"])
@@ -290,6 +237,137 @@ class KVCacheTask(Task):
                    "score": 100 * sum(r["hit"] for r in recs) / len(recs)}
             row.update({f"score_d{round(100 * d):02d}": 100 * sum(v) / len(v) for d, v in by_depth.items()})
             row["answers"] = " | ".join(r["text"].strip().replace("\n", " ")[:40] for r in recs)
+            yield row
+
+    # --- recall: multiple choice by likelihood ------------------------------------------------
+    def fork_cache(self, cache):
+        """A deep copy of ``cache`` that forward passes may extend without touching ``cache``. A
+        weighted layer's attention module keeps a pointer to its cache layer (for WildCat's value
+        clamp, ``presses.weighted_sdpa``): it is pointed at the copy's layer."""
+        new = copy.deepcopy(cache)
+        self._point_to(new)
+        return new
+
+    def _point_to(self, cache) -> None:
+        """Point the attention modules' weighted-layer pointers at ``cache``'s layers."""
+        for m in self.model.modules():
+            if hasattr(m, "_attnbench_layer") and hasattr(m, "layer_idx") and m.layer_idx < len(cache.layers):
+                layer = cache.layers[m.layer_idx]
+                if hasattr(layer, "vmin"):
+                    m._attnbench_layer = layer
+
+    @torch.no_grad()
+    def choice_logprobs(self, cache, context_length: int, question_ids: torch.Tensor,
+                        choices: list[str]) -> list[dict[str, Any]]:
+        """Per candidate answer: the log-probability of each of its tokens (`` <number>``) after the
+        question, teacher-forced on a copy of the (compressed) ``cache`` of ``context_length``
+        context tokens. Returns ids, token_logprobs, logprob (their sum) and argmax_hit (per token:
+        it is the model's argmax).
+
+        One forward pass scores every candidate: the question, then each candidate's tokens as its
+        own branch (a tree mask: a branch sees the cache, the question and itself, causally; its
+        positions continue the question's), as if each were decoded alone on its own copy. (One
+        difference: WildCat's value clamp uses the running value range of everything appended, so
+        other branches' values count in it too; it matters only where they set a new extreme.) When
+        the layers kept different numbers of tokens (one mask cannot serve them), each candidate is
+        decoded on its own copy instead."""
+        try:
+            return self._choice_logprobs(cache, context_length, question_ids, choices)
+        finally:
+            self._point_to(cache)  # the pointers back at the cache itself, not at a discarded copy
+
+    def _choice_logprobs(self, cache, context_length: int, question_ids: torch.Tensor, choices: list[str],
+                         tree: bool = True) -> list[dict[str, Any]]:
+        dev = self.device
+        q = question_ids.reshape(-1).tolist()
+        answers = [self.tok.encode(" " + c, add_special_tokens=False) for c in choices]
+        kept = {layer.keys.shape[2] for layer in cache.layers}
+        rows: list[list[int]] = []  # per candidate: rows of the logits that predict its tokens
+        if tree and len(kept) == 1:
+            ids, pos, owner = list(q), list(range(len(q))), [-1] * len(q)
+            for i, a in enumerate(answers):
+                rows.append([len(q) - 1] + list(range(len(ids), len(ids) + len(a) - 1)))
+                ids += a[:-1]
+                pos += range(len(q), len(q) + len(a) - 1)
+                owner += [i] * (len(a) - 1)
+            t = len(ids)
+            own = torch.tensor(owner)
+            r = torch.arange(t)
+            allowed = (r[:, None] >= r[None, :]) & ((own[:, None] == own[None, :]) | (own[None, :] == -1))
+            allowed = torch.cat((torch.ones(t, kept.pop(), dtype=torch.bool), allowed), 1)
+            mask = torch.zeros(allowed.shape, dtype=self.dtype).masked_fill(~allowed, float("-inf"))[None, None]
+            logits = self.model(input_ids=torch.tensor([ids], device=dev), past_key_values=self.fork_cache(cache),
+                                position_ids=(context_length + torch.tensor([pos])).to(dev),
+                                attention_mask=mask.to(dev)).logits[0].float()
+            per = [logits[rw] for rw in rows]
+        else:
+            per = []
+            for a in answers:
+                ids = torch.tensor([q + a[:-1]], device=dev)
+                p = torch.arange(context_length, context_length + ids.shape[1], device=dev).unsqueeze(0)
+                per.append(self.model(input_ids=ids, past_key_values=self.fork_cache(cache), position_ids=p,
+                                      logits_to_keep=len(a)).logits[0].float())
+        out = []
+        for a, lg in zip(answers, per):
+            ids = torch.tensor(a, device=dev)
+            lp = lg.log_softmax(-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+            out.append({"ids": a, "token_logprobs": lp.tolist(), "logprob": float(lp.sum()),
+                        "argmax_hit": (lg.argmax(-1) == ids).tolist()})
+        return out
+
+    @torch.no_grad()
+    def recall_window(self, press, sample: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Prefill one ``recall_sample`` window under ``press`` and score every question of it:
+        (the window's record for ``_summary``, one record per question: depth, logprobs, pred,
+        label, correct, digit_accuracy, answer_nll)."""
+        max_ctx = int(getattr(self.model.config, "max_position_embeddings", 10**9))
+        inps = [self.pipe.preprocess(sample["context"], [it["question"]], it["answer_prefix"], max_ctx)
+                for it in sample["items"]]
+        ctx = inps[0]["context_ids"].to(self.device)
+        cache, _, pre_s, full_mb = self.prefill(press, ctx)
+        kept = float(sum(layer.keys.shape[2] for layer in cache.layers)) / len(cache.layers)
+        kept_mb = cache_mb(cache)
+        n = ctx.shape[1]
+        scored, dec_s = self._timed("decode", lambda: [
+            self.choice_logprobs(cache, n, inp["questions_ids"][0], it["choices"]) for inp, it in zip(inps, sample["items"])])
+        questions = []
+        for it, cands in zip(sample["items"], scored):
+            lps = [c["logprob"] for c in cands]
+            pred = max(range(len(lps)), key=lambda i: lps[i])
+            true = cands[it["label"]]
+            toks = [self.tok.decode([t]) for t in true["ids"]]
+            digit = [i for i, t in enumerate(toks) if any(ch.isdigit() for ch in t)] or list(range(len(toks)))
+            questions.append({"depth": it["depth"], "logprobs": lps, "pred": pred, "label": it["label"],
+                              "correct": float(pred == it["label"]),
+                              "digit_accuracy": sum(true["argmax_hit"][i] for i in digit) / len(digit),
+                              "answer_nll": -sum(true["token_logprobs"]) / len(true["token_logprobs"])})
+        rec = {"n": n, "kept": kept, "full_mb": full_mb, "kept_mb": kept_mb, "prefill_s": pre_s, "decode_s": dec_s,
+               "decode_steps": len(questions)}
+        return rec, questions
+
+    def run_recall(self, press) -> Iterator[dict[str, Any]]:
+        cfg = self.cfg
+        lengths = self._lengths()
+        filler = filler_ids(self.tok, max(lengths) + 64)
+        for length in lengths:
+            rng = torch.Generator().manual_seed(self.seed * 7919 + length)
+            recs, qs = [], []
+            for _ in range(cfg["num_samples"]):
+                s = recall_sample(self.tok, filler, length, cfg["depths"], rng, cfg["num_digits"], cfg["num_choices"])
+                rec, questions = self.recall_window(press, s)
+                recs.append(rec)
+                qs += questions
+            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+            row = {"n": length, "context_length": length, "context_tokens": mean([r["n"] for r in recs]),
+                   **self._common(press), **self._summary(recs),
+                   "score": 100 * mean([q["correct"] for q in qs]),
+                   "digit_accuracy": 100 * mean([q["digit_accuracy"] for q in qs]),
+                   "answer_nll": mean([q["answer_nll"] for q in qs]),
+                   "chance": 100 / cfg["num_choices"], "num_questions": len(qs)}
+            by_depth: dict[float, list[float]] = {}
+            for q in qs:
+                by_depth.setdefault(q["depth"], []).append(q["correct"])
+            row.update({f"score_d{round(100 * d):02d}": 100 * mean(v) for d, v in by_depth.items()})
             yield row
 
     @torch.no_grad()

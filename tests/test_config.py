@@ -131,3 +131,18 @@ def test_experiment_files_sweep_on_their_own():
         _, hydra_cfg = composed(f"+experiment={path.stem}")
         assert getattr(hydra_cfg["mode"], "name", hydra_cfg["mode"]) == "MULTIRUN", path.name
         assert hydra_cfg["sweeper"]["params"], path.name
+
+
+def test_a_sweep_skips_a_preset_that_does_not_cover_the_method_and_a_single_run_fails(tmp_path, capsys):
+    from runners.run import uncovered_preset
+
+    cfg = {"method": {"name": "performer"}, "preset": {"name": "lm_conv_k4"}, "seed": 0, "device": "cpu",
+           "results_dir": str(tmp_path), "logger": {"name": "none"}, "meter": {"min_samples": 1, "max_samples": 1},
+           "task": {"name": "fidelity", "n": [16], "heads": 1, "head_dim": 4}}
+    assert "preset 'lm_conv_k4' has no settings for method 'performer'; it covers ['conv_basis']" in uncovered_preset(cfg)
+    assert run(cfg, sweep_dir=str(tmp_path / "sweep")) == []
+    assert "skip: preset 'lm_conv_k4' has no settings for method 'performer'" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").glob("*.json"))
+    (row,) = run(cfg)  # a single run: an error row naming the pair
+    assert row["status"] == "error" and "it covers ['conv_basis']" in row["error"]
+    assert uncovered_preset({**cfg, "method": {"name": "conv_basis"}}) is None

@@ -92,3 +92,16 @@ def test_exact_measured_once_per_process_and_shared():
     assert second["rel_fro_error"] > 0  # compared with the shared exact output
     assert run_task("performer", **{**cfg, "n": [32]})[0]["exact_shared"] is False
     assert run_task("performer", **cfg, share_exact=False)[0]["exact_shared"] is False
+
+
+def test_method_max_n_skips_larger_n_for_that_method_only(capsys):
+    from core.measure import Meter
+
+    cfg = {"name": "fidelity", "n": [16, 32], "heads": 1, "head_dim": 4, "method_max_n": {"performer": 16}}
+    task = tasks.build(cfg)
+    rows = list(task.run(methods.build("performer", nb_features=4), Meter.quick(torch.device("cpu"))))
+    assert [r["n"] for r in rows] == [16]
+    assert "performer: n = [32] skipped (task.method_max_n.performer=16)" in capsys.readouterr().out
+    assert [r["n"] for r in task.run(methods.build("exact"), Meter.quick(torch.device("cpu")))] == [16, 32]
+    with pytest.raises(ValueError, match="task.method_max_n.exact must be an integer >= 1"):
+        list(tasks.build({**cfg, "method_max_n": {"exact": 0}}).run(methods.build("exact"), Meter.quick(torch.device("cpu"))))

@@ -8,7 +8,7 @@ import torch
 
 import methods
 from core.measure import Meter
-from tasks.kv_cache import KVCacheTask, byte_tokenizer, longbench_score, needle_sample, tiny_llama
+from tasks.kv_cache import KVCacheTask, byte_tokenizer, longbench_score, needle_sample, recall_sample, tiny_llama
 from tasks.adapters.presses import (BalanceKVPress, make_press, pack_weights, register_weighted_attention, weighted_attention,
                            weighted_reference)
 
@@ -20,12 +20,12 @@ def tiny():
     return tiny_llama(seed=0), byte_tokenizer()
 
 
-def make_task(tiny, **cfg):
+def make_task(tiny, seed=0, **cfg):
     model, tok = tiny
     base = dict(name="kv_cache", dataset="needle", press="none", compression_ratio=0.5, context_length=300,
                 depths=[0.5], max_new_tokens=6, num_samples=1, ppl_tokens=16)
     base.update(cfg)
-    return KVCacheTask(base, CPU, 0, model=model, tokenizer=tok)
+    return KVCacheTask(base, CPU, seed, model=model, tokenizer=tok)
 
 
 def wildcat():
@@ -152,6 +152,132 @@ def test_needle_placed_where_stated():
         needle_sample(tok, filler, 1000, 1.5, rng)
 
 
+def _filler(tok):
+    return tok.encode("All work and no play makes a dull program. " * 200, add_special_tokens=False)
+
+
+def test_recall_sample_needles_and_choices():
+    """One needle per depth (distinct cities) where stated; the true number is among distinct
+    candidates of the same length, at ``label``; the same generator seed gives the same window."""
+    tok = byte_tokenizer()
+    filler = _filler(tok)
+    depths = [0.9, 0.1, 0.5, 0.5]
+    s = recall_sample(tok, filler, 1000, depths, torch.Generator().manual_seed(0), digits=4, num_choices=5)
+    ids = tok.encode(s["context"], add_special_tokens=False)
+    assert len(ids) == 1000
+    items = s["items"]
+    assert [it["depth"] for it in items] == depths and len({it["city"] for it in items}) == len(depths)
+    n_fill = 1000 - sum(len(tok.encode(it["needle"], add_special_tokens=False)) for it in items)
+    before = 0  # needle tokens placed before this one (needles sit in depth order)
+    for it in sorted(items, key=lambda it: it["depth"]):
+        needle_ids = tok.encode(it["needle"], add_special_tokens=False)
+        at = next(i for i in range(before + it["position"], len(ids)) if ids[i:i + len(needle_ids)] == needle_ids)
+        assert at - before == it["position"] == round(it["depth"] * n_fill)
+        before += len(needle_ids)
+        c = it["choices"]
+        assert len(c) == 5 == len(set(c)) and c[it["label"]] == it["answer"] and it["answer"] in it["needle"]
+        assert all(x.isdigit() and len(x) == 4 and x[0] != "0" for x in c)
+        assert it["city"] in it["question"] and it["city"] in it["answer_prefix"]
+    labels = [recall_sample(tok, filler, 1000, [0.5], torch.Generator().manual_seed(k), 3, 4)["items"][0]["label"]
+              for k in range(40)]
+    assert set(labels) == {0, 1, 2, 3}  # the true answer is not always in the same slot
+    again = recall_sample(tok, filler, 1000, depths, torch.Generator().manual_seed(0), digits=4, num_choices=5)
+    assert again == s
+
+
+def test_recall_logprobs_match_an_independent_forward(tiny):
+    """Uncompressed: each candidate's log-likelihood equals the sum of log-softmaxes of its tokens in
+    one plain forward over context + question + answer (no cache, no task code); the prediction
+    is the candidate with the largest one, and per-token hits / NLL follow from the same forward."""
+    model, tok = tiny
+    task = make_task(tiny, dataset="recall", context_length=240, depths=[0.2, 0.8], num_digits=3, num_choices=4)
+    s = recall_sample(tok, _filler(tok), 240, [0.2, 0.8], torch.Generator().manual_seed(5), 3, 4)
+    rec, qs = task.recall_window(None, s)
+    assert rec["kept"] == rec["n"] and len(qs) == 2
+    for it, q in zip(s["items"], qs):
+        ctx = [tok.bos_token_id] + tok.encode(s["context"], add_special_tokens=False)
+        qid = tok.encode(it["question"] + "\n" + it["answer_prefix"], add_special_tokens=False)
+        ref = []
+        for c in it["choices"]:
+            a = tok.encode(" " + c, add_special_tokens=False)
+            full = torch.tensor([ctx + qid + a])
+            with torch.no_grad():
+                logp = model(full).logits[0].double().log_softmax(-1)
+            start = len(ctx) + len(qid)
+            tok_lp = [float(logp[start - 1 + i, t]) for i, t in enumerate(a)]
+            ref.append(sum(tok_lp))
+            if c == it["answer"]:
+                hits = [int(logp[start - 1 + i].argmax()) == t for i, t in enumerate(a)]
+                digits = [i for i, t in enumerate(a) if chr(t).isdigit()]
+                assert q["digit_accuracy"] == pytest.approx(sum(hits[i] for i in digits) / len(digits))
+                assert q["answer_nll"] == pytest.approx(-sum(tok_lp) / len(a), abs=1e-4)
+        assert q["logprobs"] == pytest.approx(ref, abs=1e-4)
+        assert q["pred"] == max(range(4), key=lambda i: ref[i]) and q["label"] == it["label"]
+        assert q["correct"] == float(q["pred"] == q["label"])
+
+
+@pytest.mark.parametrize("press", ["method", "snapkv"])
+def test_recall_candidates_leave_the_compressed_cache_unchanged(tiny, press):
+    """Every candidate is scored on a copy of the compressed cache: the cache (keys, values,
+    WildCat's value range) is unchanged afterwards and the scores do not depend on the order."""
+    task = make_task(tiny, dataset="recall")
+    p = make_press(press, wildcat(), 0.5, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, 256, (1, 300), generator=g)
+    q_ids = torch.randint(0, 256, (1, 7), generator=g)
+    cache, _, _, _ = task.prefill(p, ids)
+    assert cache.layers[0].keys.shape[2] < 300
+    before = [(layer.keys.clone(), layer.values.clone(), getattr(layer, "vmin", None)) for layer in cache.layers]
+    before = [(k, v, None if m is None else m.clone()) for k, v, m in before]
+    choices = ["123", "456", "789", "120"]
+    a = task.choice_logprobs(cache, 300, q_ids, choices)
+    b = task.choice_logprobs(cache, 300, q_ids, choices[::-1])
+    assert [x["logprob"] for x in a] == pytest.approx([x["logprob"] for x in b[::-1]], abs=1e-4)
+    for layer, (k, v, m) in zip(cache.layers, before):
+        assert torch.equal(layer.keys, k) and torch.equal(layer.values, v)
+        if m is not None:
+            assert torch.equal(layer.vmin, m)
+    assert (before[0][2] is not None) == (press == "method")  # WildCat's weighted cache, value range clamp on
+    # scoring on the copy equals scoring on the cache itself (the clamp follows the copy)
+    a_ids = torch.tensor([task.tok.encode(" " + choices[0], add_special_tokens=False)])
+    ids = torch.cat((q_ids, a_ids[:, :-1]), 1)
+    with torch.no_grad():
+        logits = task.model(input_ids=ids, past_key_values=cache, position_ids=torch.arange(300, 300 + ids.shape[1])[None],
+                            logits_to_keep=a_ids.shape[1]).logits[0]
+    direct = float(logits.log_softmax(-1).gather(-1, a_ids[0, :, None]).sum())
+    assert direct == pytest.approx(a[0]["logprob"], abs=1e-4)
+    c = task.choice_logprobs(cache, 300, q_ids, ["1234", "55", "7"])  # unequal lengths, one branch each
+    assert [x["logprob"] for x in c] == pytest.approx([x["logprob"] for x in task.choice_logprobs(
+        cache, 300, q_ids, ["7", "55", "1234"])][::-1], abs=1e-4)
+    assert c[2]["logprob"] == pytest.approx(task.choice_logprobs(cache, 300, q_ids, ["7"])[0]["logprob"], abs=1e-5)
+    # the tree-masked pass equals decoding each candidate alone on its own copy of the cache
+    alone = task._choice_logprobs(cache, 300, q_ids, ["1234", "55", "7"], tree=False)
+    for x, y in zip(c, alone):
+        assert x["token_logprobs"] == pytest.approx(y["token_logprobs"], abs=1e-4) and x["argmax_hit"] == y["argmax_hit"]
+
+
+def test_recall_rows_deterministic_per_seed(tiny):
+    cfg = dict(dataset="recall", press="method", compression_ratio=0.5, context_length=240, depths=[0.25, 0.75],
+               num_samples=2, num_digits=3, num_choices=4)
+    run = lambda seed: list(make_task(tiny, seed, **cfg).run(wildcat(), Meter.quick()))  # noqa: E731
+    (r0,), (r0b,), (r1,) = run(0), run(0), run(1)
+    keys = ("score", "digit_accuracy", "answer_nll", "kept_fraction", "score_d25", "score_d75")
+    assert {k: r0[k] for k in keys} == {k: r0b[k] for k in keys}
+    assert r0["num_questions"] == 4 and r0["chance"] == 25 and r0["num_samples"] == 2 and r0["n"] == 240
+    assert 0 <= r0["score"] <= 100 and 0 <= r0["digit_accuracy"] <= 100 and r0["answer_nll"] > 0
+    assert r0["press"] == "WildCatPress" and 0 < r0["kept_fraction"] < 1
+    assert r0["answer_nll"] != r1["answer_nll"]  # another seed, other windows and numbers
+
+
+def test_recall_knob_errors(tiny):
+    for bad, match in ((dict(num_choices=1), "task.num_choices"), (dict(num_digits=0), "task.num_digits"),
+                       (dict(num_digits=19), "task.num_digits"), (dict(num_digits=1, num_choices=10), "task.num_choices"),
+                       (dict(depths=[0.5] * 21), "task.depths"), (dict(depths=[1.5]), "task.depths")):
+        with pytest.raises(ValueError, match=match):
+            make_task(tiny, dataset="recall", **bad)
+    make_task(tiny, dataset="recall", num_digits=1, num_choices=9)  # all nine 1-digit numbers
+
+
 def test_pipeline_end_to_end_tiny_llama(tiny):
     task = make_task(tiny, press="method", compression_ratio=0.5, dataset="needle")
     rows = list(task.run(wildcat(), Meter.quick()))
@@ -268,3 +394,44 @@ def test_smollm2_needle_uncompressed_retrieves():
     (row,) = task.run(methods.build("exact"), Meter.quick())
     assert "Ġ" not in row["answers"] and row["kept_fraction"] == 1.0
     assert row["score"] == 100.0, row["answers"]
+
+
+def test_report_kv_table_and_figure(tmp_path):
+    """The report of a KV-cache experiment: one line per press and ratio with the ppl and recall
+    rows side by side, and the score-vs-kept-fraction figure."""
+    import pandas as pd
+
+    from runners.report import report
+
+    rows, i = [], 0
+    for press, cls, ratio, kept in (("none", "none", 0.0, 1.0), ("method", "WildCatPress", 0.5, 0.53),
+                                    ("snapkv", "SnapKVPress", 0.5, 0.5), ("snapkv", "SnapKVPress", 0.75, 0.25)):
+        for ds in ("ppl", "recall"):
+            i += 1
+            r = {"status": "ok", "experiment": "kvx", "run_id": f"r{i}", "method": "wildcat", "seed": 0, "n": 2048,
+                 "press": cls, "task.press": press, "task.compression_ratio": ratio, "task.dataset": ds,
+                 "kept_fraction": kept + (0.01 if ds == "recall" else 0.0)}
+            r.update({"ppl": 10 / kept} if ds == "ppl" else {"score": 100 * kept, "digit_accuracy": 90 * kept,
+                                                               "answer_nll": 1 / kept, "chance": 25.0})
+            rows.append(r)
+    res = report(tmp_path, "kvx", rows=pd.DataFrame(rows), use_grid=False)
+    t = res["kv_table"]
+    assert list(t["press"]) == ["none", "WildCat", "SnapKV", "SnapKV"]
+    assert list(t["compression_ratio"]) == [0.0, 0.5, 0.5, 0.75]
+    assert t["ppl"].tolist() == pytest.approx([10, 10 / 0.53, 20, 40])
+    assert t["score"].tolist() == pytest.approx([100, 53, 50, 25])
+    assert t["kept_fraction"].tolist() == pytest.approx([1.005, 0.535, 0.505, 0.255])
+    names = {p.name for p in res["files"]}
+    assert {"kvx_kv_table.csv", "kvx_kv_vs_kept.png", "kvx_kv_vs_kept.pdf"} <= names
+    assert "## Press × compression ratio" in (tmp_path / "reports" / "kvx" / "kvx_table.md").read_text()
+
+
+@pytest.mark.slow
+def test_smollm2_recall_uncompressed_answers():
+    """No compression: SmolLM2-135M-Instruct picks the true number of every needle and predicts most
+    of its digits (the baseline the kv_compare sweep compares to)."""
+    task = KVCacheTask(dict(name="kv_cache", model="smollm2", dataset="recall", press="none", context_length=1024,
+                            depths=[0.2, 0.8], num_samples=1), CPU, 0)
+    (row,) = task.run(methods.build("exact"), Meter.quick())
+    assert row["kept_fraction"] == 1.0 and row["num_questions"] == 2
+    assert row["score"] == 100.0 and row["digit_accuracy"] >= 70, row

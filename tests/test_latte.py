@@ -178,8 +178,9 @@ def test_save_load_thresholds(tmp_path):
     torch.save({"blocks.0.attn": torch.tensor([1.0, 2.0]), "blocks.1.attn": torch.tensor([3.0, 4.0])}, path)
     m = methods.build({"name": "latte", "thresholds_path": str(path), "threshold_layer": "blocks.1.attn"})
     assert m.heads == 2 and torch.equal(m.theta.detach(), torch.tensor([3.0, 4.0]))
-    with pytest.raises(ValueError, match="threshold_layer"):
-        Latte(thresholds_path=str(path))
+    several = Latte(thresholds_path=str(path))  # a task may still pick the entry per layer; a call may not
+    with pytest.raises(ValueError, match="threshold_layer must name one of"):
+        several(*(torch.randn(1, 2, 8, 4) for _ in range(3)))
     with pytest.raises(ValueError, match="heads"):
         Latte(thresholds_path=str(path), threshold_layer="blocks.0.attn", heads=3)
 

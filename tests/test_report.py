@@ -408,3 +408,21 @@ def test_experiment_configs_compose_with_budget_coupling():
         cfg = compose("config", overrides=["+experiment=scaling", "method=wildcat"])
         c = OmegaConf.to_container(cfg, resolve=True)
         assert methods.build(c["method"]).hparams()["r"] == 256 and c["task"]["exact_max_n"] == 65536
+
+
+def test_grid_leaves_out_uncovered_presets_and_capped_n():
+    """lm_ppl sweeps methods × presets (some presets cover one method); scaling_causal caps LATTE's n."""
+    lm = load_grid("lm_ppl")
+    axes = {a.label: a for a in lm.axes}
+    assert axes["n"].columns == ("context_length",) and axes["n"].values == [("2048",), ("8192",)]
+    configs = lm.configs()
+    cols = lm.columns
+    pairs = {(c[cols.index("method")], c[cols.index("preset")]) for c in configs}
+    assert ("conv_basis", "lm_conv_k4") in pairs and ("performer", "lm_conv_k4") not in pairs
+    assert ("latte", "lm_latte_trained") in pairs and ("exact", "lm_latte_trained") not in pairs
+    latte_n = {c[cols.index("context_length")] for c in configs if c[cols.index("method")] == "latte"}
+    assert latte_n == {"2048"}  # task.method_max_n: {latte: 2048}
+    # 7 methods at scaling_b256 + conv_basis k4, k64 + trained latte; every method at 2 lengths but latte
+    assert len(configs) == (7 + 2 + 1) * 2 - 2
+    causal = load_grid("scaling_causal")
+    assert len(causal.configs()) == 6 * 7 - 3  # latte only up to 8k

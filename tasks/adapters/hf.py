@@ -127,14 +127,15 @@ def _install(model: nn.Module, hooks: Mapping[str, HFAttention]) -> None:
 
 
 def swap(model: nn.Module, method: AttentionMethod | Mapping[str, AttentionMethod] | None = None,
-         layers: Any = None, meter: Meter | None = None) -> dict[str, HFAttention]:
+         layers: Any = None, meter: Meter | None = None, what: str = "layers") -> dict[str, HFAttention]:
     """Swap ``method`` (default exact; or {label: method}) into the layers ``layers`` (default all,
-    or the keys of a mapping; see ``base.resolve_layers``); return {label: hook}. Layers swapped
-    before stay swapped (a layer swapped again gets the new method)."""
+    or the keys of a mapping; see ``base.resolve_layers``; ``what`` names the setting in its
+    errors); return {label: hook}. Layers swapped before stay swapped (a layer swapped again gets
+    the new method)."""
     cands = candidates(model)
     if not cands:
         raise ValueError(f"{type(model).__name__} has no Hugging Face attention module (with an integer layer_idx).")
-    labels = base.resolve_layers(cands, base.default_layers(method, layers))
+    labels = base.resolve_layers(cands, base.default_layers(method, layers), what=what)
     calls = base.per_layer(method, labels)
     hooks = {lab: HFAttention(MethodCall(calls[lab], lab, meter), lab, cands[lab], model.get_submodule(cands[lab]))
              for lab in labels}
