@@ -106,7 +106,7 @@ def knob_string(df: pd.DataFrame) -> pd.Series:
     out = pd.Series("", index=df.index, dtype=object)
     for m, d in df.groupby("method"):
         cols = [c for c in d.columns if c.startswith("method.") and c != "method.preset"
-                and d[c].notna().any() and _varies(d[c])]
+                and d[c].notna().any() and (_varies(d[c]) or d[c].isna().any())]  # set vs unset counts
         out.loc[d.index] = d[cols].apply(
             lambda r: ", ".join(f"{c[len('method.'):]}={_fmt_knob(r[c])}" for c in cols if not _isnull(r[c])), axis=1
         ) if cols else ""
@@ -240,7 +240,8 @@ KV_METRICS = [("ppl", "perplexity (ppl)"), ("score", "score (recall: multiple-ch
 
 def is_kv(rows: pd.DataFrame) -> bool:
     """Rows of the KV-cache task (a press per row)."""
-    return "task.press" in rows and "kept_fraction" in rows and "press" in rows
+    return ("task.press" in rows and "kept_fraction" in rows and "press" in rows
+            and bool(rows["task.press"].notna().any()))  # rows of other tasks carry the column empty
 
 
 def press_label(rows: pd.DataFrame) -> pd.Series:
@@ -661,6 +662,8 @@ def figures(rows: pd.DataFrame, name: str, out_dir: Path, subtitle: str | None =
     sub = setup_line(rows, name) if subtitle is None else subtitle
     if is_kv(df):
         return kv_figures(df, name, out_dir, sub)
+    if "attn_speedup" in df and "exact_ppl" in df and df["exact_ppl"].notna().any():  # task=lm
+        return lm_figures(df, name, out_dir, sub)
     paths: list[Path] = []
     budget = next((c for c in BUDGET_COLUMNS if c in df and _varies(df[c])), None)
     if budget:
@@ -694,8 +697,6 @@ def figures(rows: pd.DataFrame, name: str, out_dir: Path, subtitle: str | None =
             paths += plots.metric_vs_x(approx, "n", e, out_dir, f"{name}_error_vs_n", subtitle=sub,
                                        title=f"Relative {ERROR_NAMES[e]} error of the attention output "
                                              "vs sequence length")
-    if "attn_speedup" in df and "exact_ppl" in df:
-        return paths + lm_figures(df, name, out_dir, sub)
     if "speedup" in df and df["speedup"].notna().any():
         for y in ("top1", "fid", "is_mean", "ppl", "score"):
             if y in df and df[y].notna().any():
@@ -718,11 +719,10 @@ def lm_figures(df: pd.DataFrame, name: str, out_dir: Path, sub: str) -> list[Pat
     for n, g in d.groupby("n"):
         tag = f"{int(n)}"
         paths += plots.metric_vs_x(g, "speedup", "ppl_ratio", out_dir, f"{name}_ppl_vs_speedup_n{tag}", subtitle=sub,
-                                   title=f"Perplexity relative to the untouched model vs attention speed-up "
-                                         f"(context {int(n):,} tokens)")
+                                   title=f"Perplexity ratio to the untouched model vs attention speed-up, "
+                                         f"{int(n):,} tokens")
         paths += plots.metric_vs_x(g, "speedup", "top1_agreement", out_dir, f"{name}_agreement_vs_speedup_n{tag}",
-                                   subtitle=sub, title=f"Next-token agreement with the untouched model vs attention "
-                                                       f"speed-up (context {int(n):,} tokens)")
+                                   subtitle=sub, title=f"Next-token agreement vs attention speed-up, {int(n):,} tokens")
     return paths
 
 

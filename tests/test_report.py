@@ -426,3 +426,20 @@ def test_grid_leaves_out_uncovered_presets_and_capped_n():
     assert len(configs) == (7 + 2 + 1) * 2 - 2
     causal = load_grid("scaling_causal")
     assert len(causal.configs()) == 6 * 7 - 3  # latte only up to 8k
+
+
+def test_lm_rows_give_ppl_and_agreement_figures_per_context_and_set_vs_unset_knobs_differ(tmp_path):
+    from runners.report import figures, knob_string
+
+    rows = pd.DataFrame([
+        {"method": m, "n": n, "seed": 0, "status": "ok", "ppl": ppl, "exact_ppl": 6.0, "top1_agreement": agr,
+         "attn_speedup": sp, "attn_speedup_lo": sp * 0.9, "attn_speedup_hi": sp * 1.1, "method.thresholds_path": path}
+        for n in (2048, 8192)
+        for m, ppl, agr, sp, path in (("exact", 6.0, 100.0, 1.0, None), ("latte", 9.0, 80.0, 0.05, "t.pt"),
+                                      ("latte", 12.0, 70.0, 0.06, None), ("performer", 3000.0, 5.0, 0.7, None))])
+    paths = figures(rows, "lmx", tmp_path, subtitle="s")
+    names = sorted(p.name for p in paths if p.suffix == ".png")
+    assert names == ["lmx_agreement_vs_speedup_n2048.png", "lmx_agreement_vs_speedup_n8192.png",
+                     "lmx_ppl_vs_speedup_n2048.png", "lmx_ppl_vs_speedup_n8192.png"]
+    knobs = knob_string(rows[rows["method"] == "latte"])
+    assert sorted(set(knobs)) == ["", "thresholds_path=t.pt"]  # trained and untrained LATTE stay apart
