@@ -37,3 +37,18 @@ class Task:
 
     def run(self, method: AttentionMethod, meter: Meter) -> Iterator[dict[str, Any]]:
         raise NotImplementedError
+
+
+def capped(cfg: Mapping[str, Any], method_name: str, values: list[int], what: str) -> list[int]:
+    """``values`` (the sequence lengths of a run, named ``what`` in messages) up to the method's
+    entry of ``task.method_max_n`` ({method: largest length}; all of them when it has none). The
+    skipped lengths are printed; a cap that is not an integer >= 1 raises ``ValueError``."""
+    cap = (cfg.get("method_max_n") or {}).get(method_name)
+    if cap is None:
+        return list(values)
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"task.method_max_n.{method_name} must be an integer >= 1, got {cap!r}.")
+    skipped = [v for v in values if v > cap]
+    if skipped:
+        print(f"[attnbench] {method_name}: {what} = {skipped} skipped (task.method_max_n.{method_name}={cap})", flush=True)
+    return [v for v in values if v <= cap]

@@ -13,7 +13,7 @@ from core.knobs import Bool, Choice, Float, Int, ListOf, Mapping_, Str
 from core.measure import Measurement, Meter
 from methods.base import DTYPES, AttentionMethod
 from tasks import register
-from tasks.base import Task
+from tasks.base import Task, capped
 from tasks.datasets.sources import SOURCES, make_qkv
 
 EXACT_CACHE_BYTES = 2 << 30  # outputs of exact attention kept for reuse in this process (see Fidelity)
@@ -90,13 +90,7 @@ class Fidelity(Task):
         cfg = self.cfg
         causal, dtype_name = cfg["causal"], cfg["dtype"]
         exact = methods.build("exact")
-        cap = cfg["method_max_n"].get(method.name)
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise ValueError(f"task.method_max_n.{method.name} must be an integer >= 1, got {cap!r}.")
-        skipped = [n for n in cfg["n"] if cap is not None and n > cap]
-        if skipped:
-            print(f"[attnbench] {method.name}: n = {skipped} skipped (task.method_max_n.{method.name}={cap})", flush=True)
-        for n in (n for n in cfg["n"] if n not in skipped):
+        for n in capped(cfg, method.name, cfg["n"], "n"):
             data = make_qkv(cfg, n, self.seed, self.device, DTYPES[dtype_name])
             q, k, v = data["q"], data["k"], data["v"]
             scale = cfg["scale"] if cfg["scale"] is not None else data.get("scale")

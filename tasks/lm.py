@@ -47,7 +47,7 @@ from methods.base import AttentionMethod
 
 from . import adapters, register
 from .adapters import hf
-from .base import Task
+from .base import Task, capped
 from .datasets.local_text import PARTS, local_text
 from .models.causal_lm import load_model
 
@@ -153,14 +153,7 @@ class LanguageModelTask(Task):
     def run(self, method: AttentionMethod, meter: Meter) -> Iterator[dict[str, Any]]:
         if not method.supports_causal:
             raise ValueError(f"task=lm needs causal attention; method {method.name} is bidirectional only.")
-        cap = self.cfg["method_max_n"].get(method.name)
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise ValueError(f"task.method_max_n.{method.name} must be an integer >= 1, got {cap!r}.")
-        lengths = [n for n in self.cfg["context_length"] if cap is None or n <= cap]
-        if len(lengths) < len(self.cfg["context_length"]):
-            skipped = [n for n in self.cfg["context_length"] if n not in lengths]
-            print(f"[attnbench] {method.name}: context_length {skipped} skipped (task.method_max_n.{method.name}={cap})",
-                  flush=True)
+        lengths = capped(self.cfg, method.name, self.cfg["context_length"], "context_length")
         approx = self._per_layer(method)
         adapters.set_method(self.hooks, approx, meter, timing=False)
         hf.set_native(self.model, False)

@@ -104,7 +104,7 @@ def test_method_max_n_skips_longer_contexts(capsys):
     task = make_task(context_length=[64, 96], num_samples=1, method_max_n={"conv_basis": 64})
     rows = rows_of(task, methods.build("conv_basis", k=4))
     assert [r["n"] for r in rows] == [64]
-    assert "context_length [96] skipped" in capsys.readouterr().out
+    assert "conv_basis: context_length = [96] skipped" in capsys.readouterr().out
 
 
 def test_runner_end_to_end_on_tiny_llama(tmp_path):
