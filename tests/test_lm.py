@@ -114,3 +114,17 @@ def test_runner_end_to_end_on_tiny_llama(tmp_path):
     (row,) = run(cfg)
     assert row["status"] == "ok", row.get("error")
     assert row["task.layers"] == "all" and row["ppl"] > 1 and row["exact_ppl"] > 1
+
+
+def test_rows_do_not_depend_on_the_meter_of_earlier_rows():
+    """Randomised methods are reseeded per context length: the timing calls of a shorter context
+    (their number depends on the meter) leave the next row's perplexity unchanged."""
+    def ppl_at_96(**meter):
+        task = make_task(context_length=[64, 96], num_samples=1, timed_layers=0, time_forward_max_n=0)
+        m = methods.build("performer", nb_features=8, redraw=True)
+        m.reseed(0)
+        return [r["ppl"] for r in task.run(m, Meter(CPU, **meter))][-1]
+
+    one = ppl_at_96(warmup=1, min_samples=1, max_samples=1, min_run_s=0.0, max_run_s=0.0, memory=False)
+    many = ppl_at_96(warmup=2, min_samples=4, max_samples=4, min_run_s=0.0, max_run_s=0.0, memory=False)
+    assert one == many
