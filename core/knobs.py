@@ -150,18 +150,65 @@ def resolve_knobs(group: str, name: str, knobs: Mapping[str, Check], cfg: Mappin
     return out
 
 
+def _folder(source: str) -> Path | None:
+    """A Hydra config source (``file://dir``, ``pkg://package.sub``) as a folder, if it is one."""
+    if source.startswith("file://"):
+        return Path(source[len("file://"):]).resolve()
+    if source.startswith("pkg://"):
+        import importlib.util
+
+        try:
+            spec = importlib.util.find_spec(source[len("pkg://"):].strip("/").replace("/", "."))
+        except (ImportError, ValueError):
+            return None
+        locations = list(spec.submodule_search_locations or []) if spec else []
+        return Path(locations[0]).resolve() if locations else None
+    return None
+
+
+def config_dirs() -> list[Path]:
+    """The config folders on Hydra's search path: ``conf/`` first, then those that plugins add
+    (a ``SearchPathPlugin`` in the ``hydra_plugins`` namespace, as Hydra's docs describe) or that
+    ``hydra.searchpath`` names in the running app. Outside a Hydra app, the plugins' only."""
+    sources: list[str] = []
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            sources = [f"{s.schema}://{s.path}" for s in HydraConfig.get().runtime.config_sources
+                       if s.provider not in ("hydra", "schema")]
+        else:
+            from hydra._internal.utils import create_config_search_path
+
+            sources = [e.path for e in create_config_search_path(None).get_path()
+                       if e.provider not in ("hydra", "schema")]
+    except ImportError:  # pragma: no cover - hydra is a dependency
+        pass
+    dirs = [CONF_DIR]
+    for source in sources:
+        folder = _folder(source)
+        if folder is not None and folder.is_dir() and folder not in dirs:
+            dirs.append(folder)
+    return dirs
+
+
+def find_config(relative: str) -> Path | None:
+    """The first ``<dir>/<relative>`` that exists among ``config_dirs()``."""
+    return next((d / relative for d in config_dirs() if (d / relative).is_file()), None)
+
+
 def preset_knobs(preset: str, method: str) -> dict[str, Any] | None:
-    """A paper preset's knobs for ``method`` (``conf/method/preset/<preset>/<method>.yaml``), or
-    ``None`` when the preset has no file for that method."""
-    path = CONF_DIR / "method" / "preset" / preset / f"{method}.yaml"
-    if not (CONF_DIR / "preset" / f"{preset}.yaml").is_file():
-        known = sorted(p.stem for p in (CONF_DIR / "preset").glob("*.yaml"))
+    """A paper preset's knobs for ``method`` (``method/preset/<preset>/<method>.yaml`` in a config
+    folder: ``conf/`` or one a plugin adds), or ``None`` when the preset has no file for it."""
+    if find_config(f"preset/{preset}.yaml") is None:
+        known = sorted({p.stem for d in config_dirs() for p in (d / "preset").glob("*.yaml")})
         raise ValueError(f"unknown preset {preset!r}; available: {', '.join(known)}.")
-    if not path.is_file():
+    path = find_config(f"method/preset/{preset}/{method}.yaml")
+    if path is None:
         return None
     return dict(yaml.safe_load(path.read_text()) or {})
 
 
 def preset_methods(preset: str) -> list[str]:
-    """The methods a preset has settings for."""
-    return sorted(p.stem for p in (CONF_DIR / "method" / "preset" / preset).glob("*.yaml"))
+    """The methods a preset has settings for (in every config folder)."""
+    return sorted({p.stem for d in config_dirs() for p in (d / "method" / "preset" / preset).glob("*.yaml")})

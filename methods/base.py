@@ -180,6 +180,18 @@ class AttentionMethod(torch.nn.Module):
         raise NotImplementedError
 
     # --- optional parts ----------------------------------------------------------------
+    @classmethod
+    def exact_knobs(cls, n: int) -> dict[str, Any] | None:
+        """Knobs at which this method computes exact attention on ``n`` keys (a budget that covers
+        n), which the conformance check (``runners.check``) tests; ``None``: never exact by construction."""
+        return None
+
+    def causal_leak(self) -> str | None:
+        """Why, with ``causal=True``, keys after a query can still change its output *by the
+        reference algorithm's design* (reported by ``runners.check`` instead of a failure);
+        ``None``: they cannot (queries see only earlier keys, through every step)."""
+        return None
+
     def compress(self, k: Tensor, v: Tensor, budget: int) -> tuple[Tensor, Tensor, Tensor]:
         """Coreset (k_c, v_c, log_w) such that softmax(q k_cᵀ·scale + log_w) v_c ≈ attention.
 

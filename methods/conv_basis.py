@@ -412,6 +412,10 @@ class ConvBasis(AttentionMethod):
     supports_bidirectional = False
     supports_cross = False
 
+    @classmethod
+    def exact_knobs(cls, n: int) -> dict:
+        return {"k": n}  # k = n conv matrices represent any lower-triangular matrix
+
     def __init__(
         self, k: int | float = 16, eps: float = 1e-3, T: int = 8, fallback: str = "none", fft_dtype: str = "float64"
     ) -> None:

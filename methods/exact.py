@@ -16,6 +16,10 @@ class Exact(AttentionMethod):
 
     upcast = False
 
+    @classmethod
+    def exact_knobs(cls, n: int) -> dict:
+        return {}  # exact attention at any knobs
+
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
         return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale)
 

@@ -115,6 +115,10 @@ class HyperAttention(AttentionMethod):
     supports_bidirectional = True
     supports_cross = True
 
+    @classmethod
+    def exact_knobs(cls, n: int) -> dict:
+        return {"block_size": n, "min_seq_len": 1}  # one block holding every key
+
     def __init__(self, lsh_num_projs: int = 7, block_size: int = 256, sample_size: int = 256,
                  min_seq_len: int = 4096) -> None:
         super().__init__()

@@ -127,6 +127,10 @@ class KDEformer(AttentionMethod):
     supports_cross = True
     upcast = False  # the Triton path takes fp16/bf16 as they are; the PyTorch path upcasts itself
 
+    @classmethod
+    def exact_knobs(cls, n: int) -> dict:
+        return {"bucket_size": n}  # one bucket holding every key
+
     def __init__(self, sample_size: int = 256, bucket_size: int = 64, num_projs: int = 7, backend: str = "auto"):
         super().__init__()
         if isinstance(sample_size, bool) or not isinstance(sample_size, int) or sample_size < 0:

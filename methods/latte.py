@@ -95,6 +95,10 @@ class Latte(AttentionMethod):
     supports_bidirectional = True
     supports_cross = True
 
+    @classmethod
+    def exact_knobs(cls, n: int) -> dict:
+        return {"threshold": 1e9, "score": "float"}  # a threshold no score gap reaches keeps every key
+
     def __init__(
         self,
         threshold: float = 5.0,
@@ -192,6 +196,10 @@ class Latte(AttentionMethod):
                 raise ValueError("method.backend='triton' is forward-only; run under torch.no_grad().")
             return True
         return q.device.type == "cuda" and q.dtype == torch.float32 and not needs_grad
+
+    def causal_leak(self) -> str | None:
+        return ("the int8 quantisation scale of q and k is the max over all tokens of the call, so later tokens can "
+                "move earlier scores' rounding and kept sets (a deployment would calibrate the scale).")
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
         B, H, Nq, D = q.shape

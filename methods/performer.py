@@ -235,6 +235,12 @@ class Performer(AttentionMethod):
         super().reseed(seed)
         self._fixed.clear()
 
+    def causal_leak(self) -> str | None:
+        if self.eps == 0:
+            return None  # running-max shifts: prefix-consistent
+        return ("with eps > 0 the key features are shifted by the max over all keys (as performer-pytorch), "
+                "which eps does not cancel, so later keys rescale earlier ones against eps; eps=0 does not leak.")
+
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
         proj = self.features(q.shape[-1], q.device, q.dtype)
         self._stats = {"nb_features": float(proj.shape[0])}

@@ -88,6 +88,10 @@ class Reformer(AttentionMethod):
     supports_bidirectional = True
     supports_cross = True  # shared_qk=False: any Nq, Nk; shared_qk=True: Nq a multiple of Nk (query chunks)
 
+    @classmethod
+    def exact_knobs(cls, n: int) -> dict:
+        return {"bucket_size": n, "n_hashes": 1}  # one chunk holding every key
+
     def __init__(self, bucket_size: int = 64, n_hashes: int = 8, shared_qk: bool = False):
         super().__init__()
         resolve_budget("bucket_size", bucket_size, 1 << 30)  # int >= 1 or a fraction of n in (0, 1]
@@ -123,6 +127,10 @@ class Reformer(AttentionMethod):
             lo, lo_idx = rot.min(dim=-1)
             out.append(torch.where(hi >= -lo, hi_idx, lo_idx + half))
         return torch.cat(out, dim=2).transpose(2, 3)
+
+    def causal_leak(self) -> str | None:
+        return ("LSH attention sorts all tokens by bucket and cuts the sorted order into chunks, so later tokens "
+                "move the chunk boundaries that decide which earlier keys a query sees (as in the reference).")
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
         nq, nk = q.shape[2], k.shape[2]

@@ -92,6 +92,10 @@ class ScatterBrain(AttentionMethod):
     supports_bidirectional = True
     supports_cross = True
 
+    @classmethod
+    def exact_knobs(cls, n: int) -> dict:
+        return {"local_context": 2 * n}  # a local window covering every key
+
     def __init__(self, local_context: int = 64, nb_features: int = 128):
         super().__init__()
         resolve_budget("local_context", local_context, 1 << 30)  # int >= 1 or a fraction of n

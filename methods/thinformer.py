@@ -125,6 +125,12 @@ class Thinformer(AttentionMethod):
     supports_bidirectional = True
     supports_cross = True
 
+    @classmethod
+    def exact_knobs(cls, n: int) -> dict | None:
+        """n a power of four: g = log4(n) keeps all n pairs (stride 1, no halving round)."""
+        a = round(math.log(n, 4)) if n > 0 else 0
+        return {"g": a} if 4 ** a == n else None
+
     def __init__(self, g: int = 2, delta: float = 0.5) -> None:
         super().__init__()
         if isinstance(g, bool) or not isinstance(g, int) or g < 0:

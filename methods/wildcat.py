@@ -252,6 +252,10 @@ class WildCat(AttentionMethod):
     supports_bidirectional = True
     supports_cross = True
 
+    @classmethod
+    def exact_knobs(cls, n: int) -> dict:
+        return {"r": n}  # a coreset of all n keys
+
     def __init__(
         self,
         r: int | float = 128,

@@ -94,7 +94,8 @@ class WandbLogger:
         wandb_dir = Path(cfg.get("dir", "results/wandb"))
         wandb_dir.mkdir(parents=True, exist_ok=True)
         task = config.get("task", {})
-        tags = [str(x) for x in (config.get("method", {}).get("name"), task.get("name"), task.get("source"),
+        method = config.get("method", {})
+        tags = [str(x) for x in (method.get("label", method.get("name")), task.get("name"), task.get("source"),
                                   (config.get("preset") or {}).get("name")) if x and x != "none"]
         self.run = wandb.init(
             project=cfg.get("project", "attnbench"),

@@ -173,7 +173,7 @@ def run(cfg_in: Any, *, raise_errors: bool = False, sweep_dir: str | None = None
         print(f"[attnbench] skip {run_id}: finished rows exist ({record.path}); +rerun=true forces.")
         return previous["rows"]
 
-    base.update(run_id=run_id, method=resolved["method"]["name"], task=resolved["task"]["name"],
+    base.update(run_id=run_id, method=methods.label(resolved["method"]), task=resolved["task"]["name"],
                 seed=resolved["seed"], preset=resolved["preset"].get("name"))
     base.update(flatten("method", resolved["method"]))
     base.update(flatten("task", resolved["task"]))
@@ -230,8 +230,10 @@ def _fail(record: RunRecord, base: dict[str, Any], exc: Exception, t_start: floa
 
 def _log(cfg: Mapping[str, Any], resolved: Mapping[str, Any], run_id: str, rows: list[dict[str, Any]],
          sweep_dir: str | None, failed: str | None = None) -> None:
-    """Start the logger now that nothing is timed any more, give it the rows, finish it."""
-    logger = make_logger(cfg.get("logger"), run_id, dict(resolved), group=resolved.get("experiment") or sweep_dir)
+    """Start the logger now that nothing is timed any more, give it the rows, finish it. The
+    config names the method as rows do (``method.label``: an import target's class name)."""
+    config = {**resolved, "method": {**resolved["method"], "label": methods.label(resolved["method"])}}
+    logger = make_logger(cfg.get("logger"), run_id, config, group=resolved.get("experiment") or sweep_dir)
     try:
         for row in rows:
             if row.get("status") == "ok":

@@ -1,0 +1,1 @@
+"""Top-k attention, an example attnbench plugin (see attention.py)."""
