@@ -40,6 +40,14 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+def _load_average() -> float | None:
+    """The 1-minute load average when the run starts (what else the machine was doing; rows carry it)."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not available on this platform
+        return None
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -153,7 +161,7 @@ def run(cfg_in: Any, *, raise_errors: bool = False, sweep_dir: str | None = None
         "status": "ok", "error": None, "method": _raw_name(cfg, "method"), "task": _raw_name(cfg, "task"),
         "seed": cfg.get("seed", 0), "experiment": cfg.get("experiment_name"), "sweep_dir": sweep_dir,
         "torch_version": torch.__version__, "cuda_version": torch.version.cuda, "git_commit": git_commit(),
-        "hostname": platform.node(),
+        "hostname": platform.node(), "load_avg_1m": _load_average(),
     }
     skip = uncovered_preset(cfg) if sweep_dir is not None else None
     if skip:

@@ -46,6 +46,10 @@ def errors(approx: Tensor, exact: Tensor) -> dict[str, float]:
     }
 
 
+def _bad(key: str, allowed: str, v: Any) -> Any:
+    raise ValueError(f"{key} must be {allowed}, got {v!r}.")
+
+
 @register("fidelity")
 class Fidelity(Task):
     """For each ``task.n``: build q, k, v from ``task.source``, run the method and exact SDPA on
@@ -73,7 +77,7 @@ class Fidelity(Task):
         "std": Float(0, lo_open=True),
         "radius": Float(0, lo_open=True),
         "layer": Int(0),
-        "causal": Bool(),
+        "causal": lambda key, v: v if isinstance(v, bool) or v == "auto" else _bad(key, "true, false or auto", v),
         "scale": Float(0, lo_open=True, optional=True),
         "dtype": Choice(*DTYPES),
         "exact_max_n": Int(0),
@@ -89,6 +93,8 @@ class Fidelity(Task):
     def run(self, method: AttentionMethod, meter: Meter) -> Iterator[dict[str, Any]]:
         cfg = self.cfg
         causal, dtype_name = cfg["causal"], cfg["dtype"]
+        if causal == "auto":  # causal only for a causal-only method (e.g. Conv-Basis)
+            causal = not method.supports_bidirectional
         exact = methods.build("exact")
         for n in capped(cfg, method.name, cfg["n"], "n"):
             data = make_qkv(cfg, n, self.seed, self.device, DTYPES[dtype_name])
