@@ -35,25 +35,44 @@ This suite's choices (the paper's exact recipe is not public):
     file holds exactly one; with several and none picked, calling the method is an error, so that
     a task can give each layer its entry: ``task=lm`` does).
 
-Complexity: a filter, not a sub-quadratic method: O(n²·d) time. The PyTorch path works in query
-chunks of ``chunk_size``, so memory is O(chunk_size·n), never n×n for n > chunk_size (during
-training autograd still keeps every chunk). On CUDA (fp32 compute, no gradients needed) a
-two-pass Triton kernel (``methods/kernels/latte.py``) computes the 4-bit estimate, and skips the
-full-score work of key blocks in which nothing is kept.
+Complexity: a filter, not a sub-quadratic method: O(n²·d) time. Three implementations, one
+kept set (``backend``):
+  * ``torch``: dense query chunks of ``chunk_size`` (float products of the integer-valued parts,
+    exact), memory O(chunk_size·n) floats, never n×n for n > chunk_size (during training autograd
+    still keeps every chunk). The only differentiable path: training uses it.
+  * ``cpu`` (forward only): per tile (min(64, chunk_size) queries of one head in the kernel,
+    at most chunk_size·n estimates in the fallback), the 4-bit products by ``torch._int_mm``
+    (int8 × int8 -> int32, exact) into an int32 tile; per query the smallest
+    integer estimate that passes the dense path's float test (so the kept sets are identical);
+    then only the kept keys: their scores, softmax and values. A small C++ kernel
+    (``_ROWS_SRC``, compiled on first use with ``torch.utils.cpp_extension``, about half a
+    minute, cached; tiles in parallel, each in cache) does the per-query work; where it cannot
+    be built (no compiler) the same steps run as PyTorch ops (``_cpu_tile_ops``: the kept pairs
+    as a CSR pattern, ``sampled_addmm``, ``CSR @ V``), with a warning, several times slower.
+    Memory O(chunk_size·n) integers at most (the kernel: 64·n per thread) plus O(n·d); time
+    O(n²·d) integer work plus O(kept·d).
+  * ``triton`` (CUDA, fp32, forward only): a two-pass kernel (``methods/kernels/latte.py``)
+    computes the 4-bit estimate and skips the full-score work of key blocks in which nothing
+    is kept.
+``auto`` takes ``triton`` on CUDA (fp32) and ``cpu`` on the CPU when no gradient is needed (under
+``torch.no_grad()``, or with θ, q, k, v all frozen), else ``torch``. With ``score="int8"`` the
+kept scores are the same floats on every path (integer products are exact), so outputs differ
+only by summation order; with ``score="float"`` by the float products' rounding as well.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import register
-from .base import AttentionMethod, check_positive_int
+from .base import AttentionMethod, check_positive_int, score_groups
 
 SCORES = ("int8", "float")
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "torch", "cpu", "triton")
 
 
 def quantize_int8(x: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,6 +91,197 @@ def split_hi_lo(x_int: Tensor) -> tuple[Tensor, Tensor]:
     return hi, lo
 
 
+CPU_KERNEL = True  # the cpu path uses the compiled row kernel where it builds (False: PyTorch ops only)
+CPU_QUERY_BLOCK = 64  # a tile's queries come in blocks of this many (int8 matmuls of 64+ rows run fastest)
+_WORDS = 32  # the CPU path orders keys in groups of 8·_WORDS so that each 8-key word's maximum is a strided max
+_INVALID = -(2 ** 30)  # int32 estimate of a masked (causal, padding) key: below every threshold
+_PACK = 0x0102040810204080  # (word · _PACK) >> 56: bit j = byte j, for a word of 0/1 bytes
+_POPCOUNT = torch.tensor([bin(b).count("1") for b in range(256)])
+
+
+_INT_MM: bool | None = None  # whether torch._int_mm runs here (probed on first use)
+
+
+def _int_mm_runs() -> bool:
+    """Whether ``torch._int_mm`` runs on the CPU here (probed once)."""
+    global _INT_MM
+    if _INT_MM is None:
+        try:
+            torch._int_mm(torch.ones(17, 8, dtype=torch.int8), torch.ones(8, 8, dtype=torch.int8))
+            _INT_MM = True
+        except (RuntimeError, NotImplementedError, AttributeError):
+            _INT_MM = False
+    return _INT_MM
+
+
+def _int8_mm(a: Tensor, b: Tensor, out: Tensor) -> None:
+    """``out = a @ b`` (int8 × int8 -> int32, exact) by ``torch._int_mm``; where a build lacks it,
+    by float32 products (exact below 2^24, so for head dims up to 2^18 of 4-bit values)."""
+    if _int_mm_runs():
+        torch._int_mm(a, b, out=out)
+    else:
+        out.copy_(a.float() @ b.float())
+
+
+# The cpu path's kernel, compiled on first use (torch.utils.cpp_extension; cached under
+# ~/.cache/torch_extensions). Tiles of ``block`` queries of one head run in parallel; per tile the int8
+# matmul (at::_int_mm_out) into the thread's int32 buffer, then per query: the row maximum,
+# ``_row_threshold``'s test in the same float operations (built without FMA contraction), the kept keys
+# (a vector compare per 16 or 8 keys with AVX-512 or AVX2), their scores ``dot(q, k)·mult``, softmax over
+# them and their values' weighted sum.
+_ROWS_SRC = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+#include <vector>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+// One tile: queries [r0, r1) of head bh; hh (R x kend int32) their 4-bit products with keys [0, kend).
+template <typename T>
+void tile_rows(const int32_t* hh, int64_t kend_all, int64_t bh, int64_t r0, int64_t r1, bool causal, int64_t lowest,
+               const T* Q, const T* K, const T* V, const T* C, const T* TH, const T* M, T* O, int64_t* KEPT,
+               int64_t Nq, int64_t Nk, int64_t D, int64_t Dv, std::vector<int64_t>& idx, std::vector<T>& s) {
+  for (int64_t row = r0; row < r1; ++row) {
+    const int32_t* h = hh + (row - r0) * kend_all;
+    const int64_t kend = causal ? row + 1 : Nk;
+    int32_t top = h[0];
+    for (int64_t j = 1; j < kend; ++j) top = std::max(top, h[j]);
+    const T cg = C[bh], thg = TH[bh];
+    const T est_top = (T(256) * T(top)) * cg;
+    double st = std::ceil(double(top) - double(thg) / (256.0 * double(cg)));
+    st = std::max(st, double(lowest));
+    int64_t t = top;
+    for (int o = -2; o < 2; ++o) {
+      const double cand = std::min(st + o, double(top));
+      if ((T(256) * T(cand)) * cg - est_top >= -thg) { t = int64_t(cand); break; }
+    }
+    const int32_t t32 = int32_t(t);
+    int64_t n = 0, j = 0;
+#if defined(__AVX512F__)
+    const __m512i tv = _mm512_set1_epi32(t32);
+    for (; j + 16 <= kend; j += 16) {
+      uint32_t m = _mm512_cmpge_epi32_mask(_mm512_loadu_si512(h + j), tv);
+      while (m) { idx[n++] = j + __builtin_ctz(m); m &= m - 1; }
+    }
+#elif defined(__AVX2__)
+    const __m256i tv = _mm256_set1_epi32(t32 - 1);
+    for (; j + 8 <= kend; j += 8) {
+      __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(h + j));
+      uint32_t m = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(x, tv)));
+      while (m) { idx[n++] = j + __builtin_ctz(m); m &= m - 1; }
+    }
+#endif
+    for (; j < kend; ++j) if (h[j] >= t32) idx[n++] = j;
+    const T* q = Q + (bh * Nq + row) * D;
+    const T* Kb = K + bh * Nk * D;
+    const T* Vb = V + bh * Nk * Dv;
+    T top_dot = -INFINITY;
+    for (int64_t i = 0; i < n; ++i) {
+      const T* kk = Kb + idx[i] * D;
+      T acc = 0;
+#pragma omp simd reduction(+ : acc)
+      for (int64_t d = 0; d < D; ++d) acc += q[d] * kk[d];
+      s[i] = acc;
+      top_dot = std::max(top_dot, acc);
+    }
+    const T mg = M[bh], top_s = top_dot * mg;  // mg > 0: the largest kept score, rounded as the dense path
+    T* o = O + (bh * Nq + row) * Dv;
+    std::fill(o, o + Dv, T(0));
+    T den = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const T w = std::exp(s[i] * mg - top_s);
+      den += w;
+      const T* vv = Vb + idx[i] * Dv;
+#pragma omp simd
+      for (int64_t d = 0; d < Dv; ++d) o[d] += w * vv[d];
+    }
+    for (int64_t d = 0; d < Dv; ++d) o[d] /= den;
+    KEPT[bh * Nq + row] = n;
+  }
+}
+
+// q8 (BH, Nq, D), k8 (BH, Nk, D) int8 4-bit parts; qs, ks (BH, N, D), vs (BH, Nk, Dv) float; c, th, mult (BH).
+// Tiles of `block` queries of one head run in parallel, each with its own int32 buffer (cache-sized).
+void latte_cpu(torch::Tensor q8, torch::Tensor k8, torch::Tensor qs, torch::Tensor ks, torch::Tensor vs,
+               torch::Tensor c, torch::Tensor th, torch::Tensor mult, torch::Tensor out, torch::Tensor kept,
+               bool causal, int64_t lowest, int64_t block) {
+  const int64_t BH = q8.size(0), Nq = q8.size(1), D = q8.size(2), Nk = k8.size(1), Dv = vs.size(2);
+  const int64_t nb = (Nq + block - 1) / block;
+  AT_DISPATCH_FLOATING_TYPES(qs.scalar_type(), "latte_cpu", [&] {
+    const scalar_t* Q = qs.data_ptr<scalar_t>(); const scalar_t* K = ks.data_ptr<scalar_t>();
+    const scalar_t* V = vs.data_ptr<scalar_t>(); const scalar_t* C = c.data_ptr<scalar_t>();
+    const scalar_t* TH = th.data_ptr<scalar_t>(); const scalar_t* M = mult.data_ptr<scalar_t>();
+    scalar_t* O = out.data_ptr<scalar_t>(); int64_t* KEPT = kept.data_ptr<int64_t>();
+    at::parallel_for(0, BH * nb, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> idx(Nk);
+      std::vector<scalar_t> s(Nk);
+      torch::Tensor buf = torch::empty({block * Nk}, torch::kInt32);
+      for (int64_t tile = begin; tile < end; ++tile) {
+        const int64_t bh = tile / nb, r0 = (tile % nb) * block, r1 = std::min(Nq, r0 + block);
+        const int64_t kend = causal ? r1 : Nk;
+        torch::Tensor hh = buf.narrow(0, 0, (r1 - r0) * kend).view({r1 - r0, kend});
+        at::_int_mm_out(hh, q8[bh].narrow(0, r0, r1 - r0), k8[bh].narrow(0, 0, kend).t());
+        tile_rows<scalar_t>(hh.data_ptr<int32_t>(), kend, bh, r0, r1, causal, lowest, Q, K, V, C, TH, M, O, KEPT,
+                            Nq, Nk, D, Dv, idx, s);
+      }
+    });
+  });
+}
+"""
+_ROWS: Any = None  # the compiled module, False where it cannot be built here (then the PyTorch ops run)
+_ROWS_FLAGS = {"AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"], "AVX2": ["-mavx2", "-mfma"]}
+
+
+def _rows_kernel() -> Any:
+    """The compiled row kernel, built on first use; ``None`` where no compiler can build it."""
+    global _ROWS
+    if _ROWS is None:
+        try:
+            import logging
+            import platform
+
+            quiet = logging.getLogger("torch.utils.cpp_extension")  # it logs a note on CUDA_HOME at import
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                from torch.utils.cpp_extension import load_inline
+            finally:
+                quiet.setLevel(level)
+
+            isa = torch.backends.cpu.get_cpu_capability() if platform.machine() in ("x86_64", "AMD64") else "none"
+            flags = ["-O3", "-ffp-contract=off", "-fopenmp", *_ROWS_FLAGS.get(isa, [])]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _ROWS = load_inline(f"attnbench_latte_cpu_{isa.lower()}", cpp_sources=_ROWS_SRC,
+                                    functions=["latte_cpu"], extra_cflags=flags, extra_ldflags=["-fopenmp"])
+        except Exception as exc:  # no compiler, no ninja, a failed build: the PyTorch ops path runs
+            warnings.warn(f"LATTE's compiled CPU row kernel is unavailable ({type(exc).__name__}); "
+                          "the cpu path runs on PyTorch ops (the same kept sets, slower).", stacklevel=3)
+            _ROWS = False
+    return _ROWS or None
+
+
+def _row_threshold(top: Tensor, c: Tensor, theta: Tensor, lowest: int) -> Tensor:
+    """Per row, the smallest integer ``t`` such that ``q_hi·k_hi >= t`` is the dense path's test
+    ``256·hh·c - 256·top·c >= -θ`` in ``c``'s float dtype (both sides monotone in ``hh``).
+
+    ``top``: (R,) int row maxima of ``q_hi·k_hi``; ``c``, ``theta``: (R,) positive, float. As
+    ``|hh|, |top| <= 64·D``, the test's rounding moves its boundary from the real one,
+    ``top - θ/(256 c)``, by about ``128·D`` units in the last place of ``c``'s dtype, far below one
+    integer, so testing four integers around the real boundary finds ``t``. Where the boundary
+    lies below ``lowest`` (below every possible ``hh``: every key kept), ``t <= lowest``."""
+    est_top = (256 * top.to(c.dtype)) * c
+    x = top.double() - theta.double() / (256 * c.double())
+    start = torch.ceil(x).clamp(min=lowest, max=None)
+    cand = torch.minimum(start[:, None] + torch.arange(-2, 2, dtype=torch.float64), top.double()[:, None])
+    ok = ((256 * cand.to(c.dtype)) * c[:, None] - est_top[:, None]) >= -theta[:, None]
+    t = torch.where(ok, cand, top.double()[:, None]).amin(-1)
+    return t.to(torch.int32)
+
+
 class _LatteStats:
     """Per-head kept / valid counts accumulated over query chunks."""
 
@@ -87,8 +297,9 @@ class Latte(AttentionMethod):
     Knobs: ``threshold`` (initial θ for every head, logit units, >= 0; keep keys within θ of the
     row max of the estimate), ``heads`` (number of thresholds or None = lazy), ``score``
     ("int8" | "float": how kept scores are computed), ``temperature`` (surrogate T > 0),
-    ``chunk_size`` (queries per chunk on the PyTorch path), ``backend`` ("auto" | "torch" |
-    "triton"), ``thresholds_path`` / ``threshold_layer`` (learned θ).
+    ``chunk_size`` (queries per chunk on the torch path; estimates per tile / n on the cpu path),
+    ``backend`` ("auto" | "torch" | "cpu" | "triton", see the module docstring),
+    ``thresholds_path`` / ``threshold_layer`` (learned θ).
     """
 
     supports_causal = True
@@ -181,12 +392,19 @@ class Latte(AttentionMethod):
         return self._soft_kept
 
     # --- the call --------------------------------------------------------------------------
-    def _use_triton(self, q: Tensor) -> bool:
-        if self.backend == "torch":
-            return False
-        needs_grad = torch.is_grad_enabled() and (
-            q.requires_grad or (self.theta is not None and self.theta.requires_grad)
+    def causal_leak(self) -> str | None:
+        return ("the int8 quantisation scale of q and k is the max over all tokens of the call, so later tokens can "
+                "move earlier scores' rounding and kept sets (a deployment would calibrate the scale).")
+
+    def _needs_grad(self, q: Tensor, k: Tensor, v: Tensor) -> bool:
+        return torch.is_grad_enabled() and (
+            q.requires_grad or k.requires_grad or v.requires_grad
+            or (self.theta is not None and self.theta.requires_grad)
         )
+
+    def _path(self, q: Tensor, k: Tensor, v: Tensor) -> str:
+        """Which implementation runs this call: "triton", "cpu" or "torch" (see ``backend``)."""
+        needs_grad = self._needs_grad(q, k, v)
         if self.backend == "triton":
             if q.device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
                 raise ValueError("method.backend='triton' needs a CUDA device (or TRITON_INTERPRET=1).")
@@ -194,22 +412,32 @@ class Latte(AttentionMethod):
                 raise ValueError(f"method.backend='triton' computes in float32, got {q.dtype}.")
             if needs_grad:
                 raise ValueError("method.backend='triton' is forward-only; run under torch.no_grad().")
-            return True
-        return q.device.type == "cuda" and q.dtype == torch.float32 and not needs_grad
-
-    def causal_leak(self) -> str | None:
-        return ("the int8 quantisation scale of q and k is the max over all tokens of the call, so later tokens can "
-                "move earlier scores' rounding and kept sets (a deployment would calibrate the scale).")
+            return "triton"
+        if self.backend == "cpu":
+            if q.device.type != "cpu":
+                raise ValueError(f"method.backend='cpu' needs CPU tensors, got {q.device}.")
+            if needs_grad:
+                raise ValueError("method.backend='cpu' is forward-only; run under torch.no_grad() "
+                                 "(training uses backend='torch').")
+            return "cpu"
+        if self.backend == "torch" or needs_grad:
+            return "torch"
+        if q.device.type == "cuda" and q.dtype == torch.float32:
+            return "triton"
+        return "cpu" if q.device.type == "cpu" else "torch"
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, *, causal: bool, scale: float) -> Tensor:
         B, H, Nq, D = q.shape
         theta = self._theta_for(H, q.device)
+        path = self._path(q, k, v)
         q_int, s_q = quantize_int8(q)
         k_int, s_k = quantize_int8(k)
+        c = (s_q * s_k * scale).to(q.dtype)  # (B, H, 1, 1): int score -> logit
+        if path == "cpu":
+            return self._attend_cpu(q, k, v, q_int, k_int, c, theta, causal=causal, scale=scale)
         q_hi, q_lo = split_hi_lo(q_int)
         k_hi, k_lo = split_hi_lo(k_int)
-        c = (s_q * s_k * scale).to(q.dtype)  # (B, H, 1, 1): int score -> logit
-        if self._use_triton(q):
+        if path == "triton":
             from .kernels.latte import latte_attention_triton
 
             out, kept_rows, valid_rows, blocks = latte_attention_triton(
@@ -281,6 +509,106 @@ class Latte(AttentionMethod):
         self._soft_kept = soft_sum / total_valid if train else None
         self._record(stats.kept, stats.valid)
         return torch.cat(outs, dim=2)
+
+    def _attend_cpu(self, q, k, v, q_int, k_int, c, theta, *, causal, scale) -> Tensor:
+        """Forward-only CPU path: the 4-bit products by an int8 matmul, then the kept pairs only.
+
+        Per tile of heads × query blocks (at most ``chunk_size·n`` estimates), ``hh = q_hi·k_hi``
+        by ``torch._int_mm`` (int8 × int8 -> int32, exact); then per query the row maximum, the
+        smallest integer ``t`` passing the dense path's float test (``_row_threshold``: the same
+        kept set), the keys with ``hh >= t``, their scores (int8 scores: integer-valued float
+        products, exact), softmax over them and their values' weighted sum: in the compiled row
+        kernel (``_ROWS_SRC``) where it builds, else in PyTorch ops (``_cpu_tile_ops``).
+        """
+        B, H, Nq, D = q.shape
+        Nk, Dv, BH = k.shape[2], v.shape[-1], B * H
+        q8 = (q_int.reshape(BH, Nq, D).to(torch.int8) >> 4).contiguous()  # q_hi = floor(q_int / 16), exactly
+        k8 = (k_int.reshape(BH, Nk, D).to(torch.int8) >> 4).contiguous()
+        qs, ks = (q_int, k_int) if self.score == "int8" else (q, k)
+        qs, ks, vs = (x.reshape(BH, -1, x.shape[-1]).contiguous() for x in (qs, ks, v))  # one copy at most
+        mult = c.reshape(BH) if self.score == "int8" else torch.full((BH,), scale, dtype=q.dtype)
+        th = theta.detach().to(q.dtype).repeat(B).contiguous()  # (BH,): head h of batch b at b·H + h
+        c_bh = c.reshape(BH).contiguous()
+        out = torch.empty(BH, Nq, Dv, dtype=q.dtype)
+        kept = torch.zeros(BH, dtype=torch.int64)
+        lowest = -(64 * D + 2)  # below every 4-bit product sum (|q_hi·k_hi| <= 64·D)
+        kernel = _rows_kernel() if CPU_KERNEL and _int_mm_runs() else None
+        qb = min(CPU_QUERY_BLOCK, self.chunk_size)
+        if kernel is None:
+            self._cpu_tile_ops(q8, k8, qs, ks, vs, c_bh, th, mult, out, kept, qb, causal=causal, lowest=lowest)
+        else:
+            kept_rows = torch.empty(BH, Nq, dtype=torch.int64)
+            kernel.latte_cpu(q8, k8, qs, ks, vs, c_bh, th, mult, out, kept_rows, causal, lowest, qb)
+            kept = kept_rows.sum(1)
+        valid = torch.full((BH,), Nq * (Nq + 1) / 2 if causal else Nq * Nk, dtype=torch.float64)
+        self._soft_kept = None
+        self._record(kept.double().view(B, H).sum(0), valid.view(B, H).sum(0))
+        return out.view(B, H, Nq, Dv)
+
+    def _cpu_tile_ops(self, q8, k8, qs, ks, vs, c_bh, th, mult, out, kept, qb, *, causal, lowest) -> None:
+        """The cpu path's tiles in PyTorch ops (where the row kernel cannot be built).
+
+        Keys are stored in groups of ``8·_WORDS``, ordered so that the 8 keys of each word lie
+        ``_WORDS`` rows apart: each word's maximum is a max over 8 strided rows of ``hh``, and only
+        words whose maximum reaches ``t`` are gathered and tested key by key. The kept pairs form a
+        CSR pattern: their scores by ``torch.sparse.sampled_addmm``, softmax by ``segment_reduce``,
+        the output by ``CSR @ V``.
+        """
+        BH, Nq, D = q8.shape
+        Nk, Dv = vs.shape[1], vs.shape[2]
+        group = 8 * _WORDS
+        nk_pad = -(-Nk // group) * group
+        pos = torch.arange(nk_pad)  # stored position -> key: group·s + 8·w + j at position group·s + _WORDS·j + w
+        key_at = pos - pos % group + (pos % _WORDS) * 8 + (pos % group) // _WORDS
+        k8p = torch.zeros(BH, nk_pad + 1, D, dtype=torch.int8)  # row nk_pad: zeros, for padded keys
+        k8p[:, :Nk] = k8
+        k8p = k8p[:, key_at.clamp_max(nk_pad)]
+        tiles = []
+        for h0, h1, c0, c1 in score_groups(BH, -(-Nq // qb), qb * nk_pad, self.chunk_size * nk_pad):
+            r0, r1 = c0 * qb, min(Nq, c1 * qb)
+            kend = r1 if causal else Nk  # causal: Nq == Nk, keys after the tile's last row are masked
+            tiles.append((h0, h1, r0, r1, -(-kend // group) * group))
+        size = max((h1 - h0) * (r1 - r0) * kp for h0, h1, r0, r1, kp in tiles)
+        hh_buf = torch.empty(size, dtype=torch.int32)  # reused: a fresh large buffer per tile costs page faults
+        with warnings.catch_warnings():  # torch's once-per-process note on CSR tensors
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            for h0, h1, r0, r1, kp in tiles:
+                g, R = h1 - h0, r1 - r0
+                nw = kp // 8
+                hh = hh_buf[: g * R * kp].view(g, R, kp)
+                for i in range(g):  # no batched int8 matmul on the CPU
+                    _int8_mm(q8[h0 + i, r0:r1], k8p[h0 + i, :kp].t(), out=hh[i])
+                if causal:  # keys after the row (padding included) are invalid
+                    s0 = r0 - r0 % group
+                    hh[:, :, s0:].masked_fill_(key_at[None, s0:kp] > torch.arange(r0, r1)[:, None], _INVALID)
+                elif nk_pad > Nk:
+                    hh[:, :, kp - group:].masked_fill_(key_at[kp - group:kp] >= Nk, _INVALID)
+                hh4 = hh.view(g * R, kp // group, 8, _WORDS)
+                wmax = hh4.amax(2).view(g * R, nw)  # word w holds keys 8w .. 8w+7
+                top = wmax.amax(1)  # the row maxima of the 4-bit products
+                t = _row_threshold(top, c_bh[h0:h1].repeat_interleave(R), th[h0:h1].repeat_interleave(R), lowest)
+                row_w, word = (wmax >= t[:, None]).nonzero(as_tuple=True)  # words with a kept key, row-major
+                keep8 = hh4[row_w, word // _WORDS, :, word % _WORDS] >= t[row_w, None]  # (words, 8)
+                per_word = _POPCOUNT[((keep8.view(torch.int64).view(-1) * _PACK) >> 56) & 255]
+                col = ((row_w // R) * Nk + word * 8)[:, None] + torch.arange(8)
+                col = col[keep8]  # kept pairs: row-major, keys ascending
+                n_pairs = col.numel()
+                counts = torch.zeros(g * R, dtype=torch.int64).index_add_(0, row_w, per_word)
+                crow = torch.zeros(g * R + 1, dtype=torch.int64)
+                torch.cumsum(counts, 0, out=crow[1:])
+                pattern = torch.sparse_csr_tensor(crow, col, torch.zeros(n_pairs, dtype=qs.dtype),
+                                                  size=(g * R, g * Nk), check_invariants=False)
+                qt = qs[h0:h1, r0:r1].reshape(g * R, D)
+                dots = torch.sparse.sampled_addmm(pattern, qt, ks[h0:h1].reshape(g * Nk, D).t(), beta=0.0).values()
+                # c > 0: the largest kept score is the largest dot times c, rounded as the dense path rounds it
+                m_row = mult[h0:h1].repeat_interleave(R)
+                top_s = torch.segment_reduce(dots, "max", lengths=counts, unsafe=True) * m_row
+                per_pair = torch.stack([m_row, top_s], 1).repeat_interleave(counts, dim=0, output_size=n_pairs)
+                w = torch.exp(dots * per_pair[:, 0] - per_pair[:, 1])
+                den = torch.segment_reduce(w, "sum", lengths=counts, unsafe=True)
+                probs = torch.sparse_csr_tensor(crow, col, w, size=(g * R, g * Nk), check_invariants=False)
+                out[h0:h1, r0:r1] = ((probs @ vs[h0:h1].reshape(g * Nk, Dv)) / den[:, None]).view(g, R, Dv)
+                kept[h0:h1] += counts.view(g, R).sum(1)
 
     def _record(self, kept_h: Tensor, valid_h: Tensor, extra: dict[str, Any] | None = None) -> None:
         kept_h, valid_h = kept_h.double().cpu(), valid_h.double().cpu()

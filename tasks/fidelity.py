@@ -105,9 +105,11 @@ class Fidelity(Task):
                 "dtype": dtype_name, "source": cfg["source"],
             }
 
+            @torch.no_grad()  # inference: a method with parameters (LATTE's θ) must not build a graph
             def approx() -> Tensor:
                 return method(q, k, v, causal=causal, scale=scale)
 
+            @torch.no_grad()
             def reference() -> Tensor:
                 return exact(q, k, v, causal=causal, scale=scale)
 

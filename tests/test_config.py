@@ -49,7 +49,7 @@ def test_preset_that_does_not_cover_the_method_is_an_error(tmp_path):
     ("n", 0, "task.n[0] must be an integer >= 1, got 0."),
     ("heads", 0, "task.heads must be an integer >= 1, got 0."),
     ("dtype", "int8", "task.dtype must be one of ['float32', 'float64', 'float16', 'bfloat16'], got 'int8'."),
-    ("causal", "yes", "task.causal must be true or false, got 'yes'."),
+    ("causal", "yes", "task.causal must be true, false or auto, got 'yes'."),
     ("std", -1.0, "task.std must be a number > 0, got -1.0."),
 ])
 def test_bad_task_values_name_the_key_and_range(key, value, message):

@@ -10,7 +10,9 @@ import torch
 
 import methods
 from methods.exact import dense_attention
-from methods.latte import Latte, quantize_int8, split_hi_lo
+import methods.latte as latte_mod
+from core.measure import cpu_peak_memory_mb
+from methods.latte import Latte, _row_threshold, quantize_int8, split_hi_lo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -137,6 +139,136 @@ def test_lazy_heads_and_mismatch():
 def test_bad_knobs_raise(knobs):
     with pytest.raises(ValueError, match="method\\."):
         methods.build({"name": "latte", **knobs})
+
+
+@pytest.fixture(params=["kernel", "ops"])
+def cpu_impl(request, monkeypatch):
+    """The cpu path with its compiled row kernel, and without it (PyTorch ops only)."""
+    if request.param == "kernel" and latte_mod._rows_kernel() is None:
+        pytest.skip("the compiled row kernel cannot be built here (no C++ compiler)")
+    monkeypatch.setattr(latte_mod, "CPU_KERNEL", request.param == "kernel")
+    return request.param
+
+
+def _cpu_vs_dense(q, k, v, causal, knobs, theta=None):
+    """Outputs and stats of the dense PyTorch path and the CPU path on the same input."""
+    outs, stats = [], []
+    for backend in ("torch", "cpu"):
+        m = Latte(backend=backend, **knobs)
+        with torch.no_grad():
+            if theta is not None:
+                m(q[:, :, :1], k[:, :, :1], v[:, :, :1])  # size θ, then set it per head
+                m.theta.copy_(theta)
+            outs.append(m(q, k, v, causal=causal))
+        stats.append(m.extra_stats())
+    return outs, stats
+
+
+@pytest.mark.parametrize("score", ["int8", "float"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("causal,nq,nk", [(True, 300, 300), (False, 300, 300), (False, 37, 530), (True, 9, 9)])
+def test_cpu_path_keeps_the_same_keys_and_matches_the_dense_path(cpu_impl, score, dtype, causal, nq, nk):
+    # several tiles (chunk_size 48), key groups of 256 with padding, batch 2 with per-head θ
+    d = 16
+    q, k, v = _qkv(20, b=2, h=3, nq=nq, nk=nk, d=d, dv=8, dtype=dtype)
+    q, k = 2 * q, 2 * k  # peaked rows, so that thresholds bite
+    scale = d ** -0.5
+    eps = torch.finfo(dtype).eps
+    for theta in (torch.tensor([0.0, 1.5, 5.0]), torch.tensor([1e9, 3.0, 0.25])):
+        (dense, cpu), (st_dense, st_cpu) = _cpu_vs_dense(q, k, v, causal, {"score": score, "chunk_size": 48}, theta)
+        assert st_cpu == st_dense  # identical kept counts, per head
+        # the same kept scores up to: summation order (numerator and denominator, <= nk terms each)
+        # and, for float scores, the products' rounding (<= d·eps·|q|·|k|·scale per score, doubled by softmax)
+        ds = d * eps * float(q.norm(dim=-1).max() * k.norm(dim=-1).max()) * scale if score == "float" else 0.0
+        tol = (2 * nk * eps + 2 * ds) * float(v.abs().max())
+        torch.testing.assert_close(cpu, dense, atol=tol, rtol=0)
+
+
+def test_cpu_path_thresholds_exactly_on_an_estimate(cpu_impl):
+    # θ_h = ŝ_top - ŝ_j in float32 for a row's top and another of its estimates: that key sits on the boundary
+    q, k, v = _qkv(25, b=1, h=2, nq=64, nk=64, d=16, dtype=torch.float32)
+    q, k = 2 * q, 2 * k
+    scale = 0.25
+    (qi, sq), (ki, sk) = quantize_int8(q), quantize_int8(k)
+    hh = split_hi_lo(qi)[0] @ split_hi_lo(ki)[0].transpose(-2, -1)
+    c = sq * sk * scale
+    est = (256 * hh) * c
+    row = est[0, :, 10]
+    top = row.amax(-1)
+    second = torch.where(row < top[:, None], row, -float("inf")).amax(-1)
+    theta = (top - second).flatten()
+    for backend_theta in (theta, torch.nextafter(theta, theta + 1), torch.nextafter(theta, theta - 1)):
+        _, (st_dense, st_cpu) = _cpu_vs_dense(q, k, v, False, {"score": "int8"}, backend_theta)
+        assert st_cpu == st_dense
+
+
+def test_cpu_path_takes_strided_inputs(cpu_impl):
+    g = torch.Generator().manual_seed(24)
+    q, k, v = (torch.randn(2, 70, 3, 16, generator=g).transpose(1, 2) for _ in range(3))  # (B, N, H, D) memory
+    m = Latte(backend="cpu", threshold=2.0)
+    with torch.no_grad():
+        assert torch.equal(m(q, k, v, causal=True), m(q.contiguous(), k.contiguous(), v.contiguous(), causal=True))
+
+
+def test_row_threshold_is_the_dense_float_test():
+    # t is the smallest integer estimate passing the dense path's test, in its float order of operations
+    g = torch.Generator().manual_seed(0)
+    lowest = -(64 * 16 + 2)
+    for dtype in (torch.float32, torch.float64):
+        rows = 400
+        top = torch.randint(-300, 300, (rows,), generator=g)
+        c = (torch.rand(rows, generator=g, dtype=torch.float64) * 1e-2 + 1e-5).to(dtype)
+        est = lambda x, c: (256 * x.to(dtype)) * c  # noqa: E731
+        h = top - torch.randint(0, 200, (rows,), generator=g)
+        theta = est(top, c) - est(h, c)  # the boundary exactly on an integer ...
+        nudge = torch.tensor([-1.0, 0.0, 1.0], dtype=dtype)[torch.randint(0, 3, (rows,), generator=g)]
+        theta = torch.nextafter(theta, theta + nudge).clamp_min(0)  # ... or one ulp either side
+        theta[:20] = torch.rand(20, generator=g, dtype=torch.float64).to(dtype) * 10
+        theta[20:25] = 1e9  # every key kept
+        t = _row_threshold(top, c, theta, lowest).long()
+        grid = torch.arange(lowest - 2, 301)[None, :]
+        passes = (est(grid, c[:, None]) - est(top, c)[:, None]) >= -theta[:, None]
+        brute = torch.where(passes, grid, 10**6).amin(1)
+        # below lowest every possible estimate passes: there only t <= lowest matters
+        assert torch.equal(t.clamp_min(lowest), brute.clamp_min(lowest))
+        assert bool((t <= top).all())
+
+
+def test_cpu_backend_contract_and_auto_choice():
+    q, k, v = _qkv(21, dtype=torch.float32)
+    m = Latte(backend="cpu", threshold=2.0, heads=3)
+    with pytest.raises(ValueError, match="method.backend='cpu' is forward-only"):
+        m(q, k, v)  # θ requires grad and grad is on: training, which only the torch path does
+    with torch.no_grad():
+        ref = m(q, k, v, causal=True)
+        auto = Latte(threshold=2.0, heads=3)
+        assert torch.equal(auto(q, k, v, causal=True), ref) and auto.soft_kept is None
+    auto(q, k, v, causal=True)  # grad on: the differentiable path, with its surrogate
+    assert auto.soft_kept is not None
+
+
+def test_cpu_path_without_int_mm_gives_the_same_output(monkeypatch):
+    q, k, v = _qkv(22, nq=70, nk=70, dtype=torch.float32)
+    with torch.no_grad():
+        a = Latte(backend="cpu", threshold=2.0)(q, k, v, causal=True)
+        monkeypatch.setattr(latte_mod, "_INT_MM", False)  # as where torch._int_mm is missing: float products
+        b = Latte(backend="cpu", threshold=2.0)(q, k, v, causal=True)
+    torch.testing.assert_close(a, b, atol=2 * 70 * torch.finfo(torch.float32).eps * float(v.abs().max()), rtol=0)
+
+
+@pytest.mark.parametrize("threshold", [5.0, 1e9])
+def test_cpu_path_memory_is_linear_in_chunk_times_n(cpu_impl, threshold):
+    # the inputs' quantised copies (a few B·H·n·d) plus one tile: chunk_size·n int32 estimates and, when
+    # every key is kept, its pairs (index, score, weight: < 96 bytes each); never an n×n matrix per head
+    b, h, n, d, chunk = 1, 2, 2048, 16, 32
+    q, k, v = _qkv(23, b=b, h=h, nq=n, nk=n, d=d, dv=d, dtype=torch.float32)
+    m = Latte(backend="cpu", threshold=threshold, chunk_size=chunk)
+    with torch.no_grad():
+        m(q, k, v, causal=True)
+        _, peak_mb = cpu_peak_memory_mb(lambda: m(q, k, v, causal=True))
+    n_pad = -(-n // 256) * 256
+    bound = 6 * b * h * n * 2 * d * 4 + 96 * chunk * n_pad
+    assert peak_mb * 2**20 <= bound < 4 * b * h * n * n  # below one float n×n score matrix per head
 
 
 def test_triton_backend_on_cpu_without_interpreter_raises():
