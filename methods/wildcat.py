@@ -34,6 +34,10 @@ Departures (same mathematics, different arithmetic, for speed):
   code; on CPU ``block=32`` is 2-3× faster at n=4096. Each round's accepted rows of F are
   written in place after the earlier ones (the b×b factor is permuted so they come first), and
   the kernel rows come from one product with h = |x|²/2 folded in as two extra coordinates.
+  A drawn candidate's residual-diagonal entry is reset to the value its acceptance was judged on
+  (equal in exact arithmetic): otherwise a key left just above the noise floor by rounding was
+  rejected in every round and the loop ran to its cap (tiny BigGAN's attention: half the calls
+  took 264 rounds instead of 10, a heavy latency tail).
 - For speed on long sequences (same mathematics): the coreset is built for a few (batch·head) rows
   at a time when F would exceed ``rpcholesky.GROUP_ELEMS`` entries (its memory is reused between groups),
   and the weighted attention runs over blocks of queries (``SCORE_TILE_ELEMS`` scores at a time).
@@ -169,6 +173,7 @@ def compress_kv_cache(
     rho: float = RHO,
     block: int = 1,
     generator: torch.Generator | None = None,
+    keep: int | None = None,
 ) -> CompressedKV:
     """Compress a KV cache (B, H, N, ·) as the official kvpress press does.
 
@@ -181,6 +186,14 @@ def compress_kv_cache(
     ``decode_weighted(o, vmin, vmax)`` divides o[..., :D] by o[..., D] and clamps. New tokens
     appended during decoding get weight 1 (``with_weight_channel``). If no bin fits, the cache is
     returned uncompressed (weights 1).
+
+    ``keep`` (departure, for kvpress's contract that a cache keeps an exact number of entries):
+    the total number of entries kept, sink and window included (``sink + window <= keep <= N``;
+    ``compression_ratio`` is then not used). The middle gets ``bins = min(m // bin_r, (m+1) // 2)``
+    bins (at least 1; m = keep - sink - window, the official count when bin_r >= 2) of ⌊N'/bins⌋
+    keys, the leftover keys join the window as above, and the bins keep ⌊R/bins⌋ or ⌊R/bins⌋ + 1
+    points (the first ones the larger), R = m - leftover, so exactly ``keep`` entries remain; m = 0
+    drops the middle.
     """
     if not 0 <= compression_ratio < 1:
         raise ValueError(f"compression_ratio must lie in [0, 1), got {compression_ratio}.")
@@ -195,19 +208,38 @@ def compress_kv_cache(
     kbar = keys.mean(-2, keepdim=True)
     kc = keys - kbar
     n_mid = N - sink - window
-    bins = int(math.floor(n_mid * (1 - compression_ratio))) // bin_r if n_mid > 0 else 0
-    if bins < 1 or n_mid // bins <= bin_r:
-        return CompressedKV(keys, with_weight_channel(values), vmin, vmax)
+    if keep is None:
+        bins = int(math.floor(n_mid * (1 - compression_ratio))) // bin_r if n_mid > 0 else 0
+        if bins < 1 or n_mid // bins <= bin_r:
+            return CompressedKV(keys, with_weight_channel(values), vmin, vmax)
+        sizes = [(bins, bin_r)]  # (number of bins, points per bin)
+    else:
+        if isinstance(keep, bool) or not isinstance(keep, int) or not sink + window <= keep <= N:
+            raise ValueError(f"keep must be an integer in [sink + window, N] = [{sink + window}, {N}], got {keep!r}.")
+        m = keep - sink - window
+        if m >= n_mid or m == 0:
+            idx = torch.arange(N, device=keys.device) if m else torch.cat(
+                (torch.arange(sink, device=keys.device), torch.arange(N - window, N, device=keys.device)))
+            return CompressedKV(keys[..., idx, :], with_weight_channel(values[..., idx, :]), vmin, vmax)
+        bins = max(1, min(m // bin_r, (m + 1) // 2))
+        pts = m - (n_mid - bins * (n_mid // bins))  # coreset points: the budget less the leftover keys
+        sizes = [(pts % bins, pts // bins + 1), (bins - pts % bins, pts // bins)]
     bin_n = n_mid // bins
     n_in = bins * bin_n
     win = window + n_mid - n_in
-    mid_k = kc[..., sink : sink + n_in, :].reshape(B * H * bins, bin_n, E)
-    mid_v = values[..., sink : sink + n_in, :].reshape(B * H * bins, bin_n, D)
     work = torch.float32 if keys.dtype in (torch.float16, torch.bfloat16) else keys.dtype
-    ks, vs, w = compress_bins(mid_k.to(work), mid_v.to(work), bin_r, scale, None, temperature=temperature,
-                              rho=rho, block=block, generator=generator)
-    ks = ks.to(keys.dtype).reshape(B, H, bins * bin_r, E)
-    vw = torch.cat((vs, w.unsqueeze(-1)), -1).to(values.dtype).reshape(B, H, bins * bin_r, D + 1)
+    ks, vw, start = [], [], sink
+    for nb, r in sizes:
+        if nb == 0:
+            continue
+        seg = slice(start, start + nb * bin_n)
+        start += nb * bin_n
+        k_s, v_s, w = compress_bins(kc[..., seg, :].reshape(B * H * nb, bin_n, E).to(work),
+                                    values[..., seg, :].reshape(B * H * nb, bin_n, D).to(work), r, scale, None,
+                                    temperature=temperature, rho=rho, block=block, generator=generator)
+        ks.append(k_s.to(keys.dtype).reshape(B, H, nb * r, E))
+        vw.append(torch.cat((v_s, w.unsqueeze(-1)), -1).to(values.dtype).reshape(B, H, nb * r, D + 1))
+    ks, vw = torch.cat(ks, -2), torch.cat(vw, -2)
     k_out = torch.cat((keys[..., :sink, :], ks + kbar, keys[..., N - win :, :]), -2)
     v_out = torch.cat((with_weight_channel(values[..., :sink, :]), vw,
                        with_weight_channel(values[..., N - win :, :])), -2)

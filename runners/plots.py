@@ -441,6 +441,7 @@ def speedup_vs_n(df: pd.DataFrame, out_dir: Path, stem: str, *, title: str = "",
 PRESS_STYLES: dict[str, tuple[str, str, str]] = {
     "none": ("black", ":", "*"),
     "WildCat": ("vermillion", "-", "o"),
+    "WildCat (middle)": ("vermillion", ":", "o"),  # the official convention (task.ratio_of=middle)
     "Uniform": ("sky_blue", "-", "s"),
     "SnapKV": ("blue", "-", "^"),
     "StreamingLLM": ("bluish_green", "-", "v"),

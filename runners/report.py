@@ -240,12 +240,14 @@ def is_kv(rows: pd.DataFrame) -> bool:
 
 def press_label(rows: pd.DataFrame) -> pd.Series:
     """The press of each row, readable: the ``press`` class less "Press" (``none`` for none;
-    a suite method's ``MethodPress`` by the method's name)."""
+    a suite method's ``MethodPress`` by the method's name), `` (middle)`` added for the official
+    WildCat convention (``task.ratio_of=middle``: the ratio of the tokens between sink and window)."""
     def one(r):
         p = str(r["press"])
-        if p == "MethodPress":
-            return str(r["method"])
-        return p[:-len("Press")] if p.endswith("Press") and p != "Press" else p
+        p = str(r["method"]) if p == "MethodPress" else p[:-len("Press")] if p.endswith("Press") and p != "Press" else p
+        middle = r.get("task.ratio_of") == "middle" and r["press"] in ("WildCatPress", "UniformPress", "BalanceKVPress",
+                                                                       "MethodPress")
+        return f"{p} (middle)" if middle else p
     return rows.apply(one, axis=1) if len(rows) else pd.Series(dtype=object)
 
 

@@ -9,9 +9,15 @@ Presses (``task.press``, see ``tasks/adapters/presses.py``): ``method`` (the run
 KV-cache mode for ``method=wildcat``, no compression for ``method=exact``, ``compress()`` of any
 other method), ``none``, ``uniform``, ``balance_kv``, kvpress short names (``snapkv``,
 ``streaming_llm``, ``pyramidkv``, ``knorm``, ``expected_attention``, ``tova``, ``random``, …) or
-``kvpress:<ClassName>``. ``task.compression_ratio`` is the fraction of tokens dropped (kvpress);
-WildCat/uniform/BalanceKV apply it to the tokens between the exact sink and window, as the
-WildCat repository does (``kept_fraction`` reports what was really kept).
+``kvpress:<ClassName>``, or ``per_layer`` (a press per layer, ``task.press_kwargs``).
+``task.compression_ratio`` is the fraction of tokens dropped: every press keeps int(n·(1-ratio))
+tokens per layer (kvpress's contract; WildCat/uniform/BalanceKV count their exact sink and window
+in it). ``task.ratio_of=middle`` is the official WildCat convention instead: those presses apply
+the ratio to the tokens between sink and window (``kept_fraction`` reports what was really kept).
+
+Every row of needle / recall / ppl also carries the uncompressed cache's metrics on the same
+windows (``baseline_score``, ``baseline_ppl``, …: press none, measured once per process and
+model, see ``_baseline``), so a row shows its press against no compression.
 
 Datasets (``task.dataset``):
 - ``needle``: a fact "The special magic number for <city> is <7 digits>." placed at each depth of
@@ -41,8 +47,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
-from typing import Any, Iterator, Mapping
+import weakref
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
@@ -58,11 +66,20 @@ from .datasets.needle import CITIES, check_recall, filler_ids, needle_sample, re
 from .models.causal_lm import byte_tokenizer, load_model, tiny_llama  # noqa: F401 (older imports)
 
 DATASETS = ("needle", "recall", "ppl", "longbench", "longbench_e")
+PRESS_KNOBS = ("press", "compression_ratio", "sink_size", "window_size", "bin_r", "press_kwargs", "ratio_of")
+BASELINE_METRICS = ("score", "digit_accuracy", "answer_nll", "ppl", "nll")  # copied as baseline_<name>
+# uncompressed rows per model (weakly held: a model freed drops its rows), then per config key
+_baselines: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def cache_mb(cache) -> float:
     return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
                if t is not None) / 2**20
+
+
+def kept_per_layer(cache) -> list[int]:
+    """Cached tokens of each layer (after compression)."""
+    return [int(layer.keys.shape[2]) for layer in cache.layers if getattr(layer, "keys", None) is not None]
 
 
 # ----------------------------------------------------------------------------- the task
@@ -75,6 +92,7 @@ class KVCacheTask(Task):
         "dtype": Choice("auto", "float32", "float16", "bfloat16"),
         "press": Str(),
         "compression_ratio": Float(0, 1, hi_open=True),
+        "ratio_of": Choice("all", "middle"),
         "sink_size": Int(0),
         "window_size": Int(0),
         "bin_r": Int(1),
@@ -127,7 +145,7 @@ class KVCacheTask(Task):
         gen = torch.Generator().manual_seed(self.seed)
         kwargs = {str(k): v for k, v in cfg["press_kwargs"].items()}
         return make_press(cfg["press"], method, self.ratio, sink_size=cfg["sink_size"], window_size=cfg["window_size"],
-                          bin_r=cfg["bin_r"], generator=gen, kwargs=kwargs)
+                          bin_r=cfg["bin_r"], ratio_of=cfg["ratio_of"], generator=gen, kwargs=kwargs)
 
     def _timed(self, label: str, fn):
         """Run ``fn`` once through the meter (synchronised); return its output and seconds."""
@@ -162,7 +180,7 @@ class KVCacheTask(Task):
         inp = self.pipe.preprocess(context, [question], answer_prefix, max_context_length)
         ctx = inp["context_ids"].to(self.device)
         cache, _, pre_s, full_mb = self.prefill(press, ctx)
-        kept = float(sum(layer.keys.shape[2] for layer in cache.layers)) / len(cache.layers)
+        kept = kept_per_layer(cache)
         kept_mb = cache_mb(cache)
         calls = [0]
         hook = self.model.register_forward_pre_hook(lambda *a: calls.__setitem__(0, calls[0] + 1))
@@ -177,11 +195,13 @@ class KVCacheTask(Task):
 
     @staticmethod
     def _summary(recs: list[dict[str, Any]]) -> dict[str, Any]:
+        """Row columns over examples; each record's ``kept`` is its cache's tokens per layer."""
         med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
         return {
-            "kept_tokens": mean([r["kept"] for r in recs]),
-            "kept_fraction": mean([r["kept"] / r["n"] for r in recs]),
+            "kept_tokens": mean([mean(r["kept"]) for r in recs]),
+            "kept_tokens_per_layer": [mean(list(ks)) for ks in zip(*(r["kept"] for r in recs))],
+            "kept_fraction": mean([mean(r["kept"]) / r["n"] for r in recs]),
             "cache_full_mb": mean([r["full_mb"] for r in recs]),
             "cache_kept_mb": mean([r["kept_mb"] for r in recs]),
             "prefill_latency_ms": 1e3 * med([r["prefill_s"] for r in recs]),
@@ -200,14 +220,37 @@ class KVCacheTask(Task):
         cannot be repeated on the same cache); rows carry medians over the examples."""
         self.meter = meter
         press = self.make_press(method)
-        if self.dataset == "needle":
-            yield from self.run_needle(press)
-        elif self.dataset == "recall":
-            yield from self.run_recall(press)
-        elif self.dataset == "ppl":
-            yield from self.run_ppl(press)
-        else:
+        if self.dataset in ("longbench", "longbench_e"):
             yield from self.run_longbench(press, e=self.dataset == "longbench_e")
+            return
+        row_of = {"needle": self.needle_row, "recall": self.recall_row, "ppl": self.ppl_row}[self.dataset]
+        lengths = self._lengths()
+        data = self._filler(lengths)
+        for length in lengths:
+            row = row_of(press, length, data)
+            base = self._baseline(row_of, length, data, row if press is None else None)
+            row.update({f"baseline_{k}": base[k] for k in BASELINE_METRICS if k in base})
+            yield row
+
+    def _filler(self, lengths: list[int]) -> list[int]:
+        """The local text's token ids the examples of every length are cut from."""
+        if self.dataset == "ppl":
+            return filler_ids(self.tok, (max(lengths) + self.cfg["ppl_tokens"]) * self.cfg["num_samples"])
+        return filler_ids(self.tok, max(lengths) + 64)
+
+    def _baseline(self, row_of: Callable, length: int, data: list[int], row: dict | None = None) -> dict[str, Any]:
+        """The uncompressed cache's row (press none) on the same windows, kept per model and config
+        (less the press knobs), seed, dtype, device and length: ``row`` when this run is the
+        uncompressed one, else the kept row or a new measurement. A sweep over presses in one
+        process measures it once."""
+        cfg = {k: v for k, v in self.cfg.items() if k not in PRESS_KNOBS}
+        key = json.dumps([cfg, self.seed, length, str(self.dtype), str(self.device)], sort_keys=True, default=str)
+        rows = _baselines.setdefault(self.model, {})
+        if row is not None:
+            rows[key] = dict(row)
+        elif key not in rows:
+            rows[key] = row_of(None, length, data)
+        return rows[key]
 
     def _lengths(self) -> list[int]:
         lengths = self.cfg["context_length"]
@@ -217,27 +260,25 @@ class KVCacheTask(Task):
                 raise ValueError(f"task.context_length={n} must lie in [1, {limit}] (the model's context).")
         return lengths
 
-    def run_needle(self, press) -> Iterator[dict[str, Any]]:
+    def needle_row(self, press, length: int, filler: list[int]) -> dict[str, Any]:
+        """The needle row of one context length (examples drawn from a generator seeded by seed and length)."""
         depths = self.cfg["depths"]
         per_depth = self.cfg["needles_per_depth"]
-        lengths = self._lengths()
-        filler = filler_ids(self.tok, max(lengths) + 64)
-        for length in lengths:
-            rng = torch.Generator().manual_seed(self.seed * 7919 + length)
-            recs, by_depth = [], {}
-            for d in depths:
-                for _ in range(per_depth):
-                    s = needle_sample(self.tok, filler, length, d, rng, self.cfg["num_digits"])
-                    r = self.answer(press, s["context"], s["question"], s["answer_prefix"],
-                                    self.cfg["max_new_tokens"], None)
-                    r["hit"] = float(s["answer"] in r["text"])
-                    recs.append(r)
-                    by_depth.setdefault(d, []).append(r["hit"])
-            row = {"n": recs[0]["n"], "context_length": length, **self._common(press), **self._summary(recs),
-                   "score": 100 * sum(r["hit"] for r in recs) / len(recs)}
-            row.update({f"score_d{round(100 * d):02d}": 100 * sum(v) / len(v) for d, v in by_depth.items()})
-            row["answers"] = " | ".join(r["text"].strip().replace("\n", " ")[:40] for r in recs)
-            yield row
+        rng = torch.Generator().manual_seed(self.seed * 7919 + length)
+        recs, by_depth = [], {}
+        for d in depths:
+            for _ in range(per_depth):
+                s = needle_sample(self.tok, filler, length, d, rng, self.cfg["num_digits"])
+                r = self.answer(press, s["context"], s["question"], s["answer_prefix"],
+                                self.cfg["max_new_tokens"], None)
+                r["hit"] = float(s["answer"] in r["text"])
+                recs.append(r)
+                by_depth.setdefault(d, []).append(r["hit"])
+        row = {"n": recs[0]["n"], "context_length": length, **self._common(press), **self._summary(recs),
+               "score": 100 * sum(r["hit"] for r in recs) / len(recs)}
+        row.update({f"score_d{round(100 * d):02d}": 100 * sum(v) / len(v) for d, v in by_depth.items()})
+        row["answers"] = " | ".join(r["text"].strip().replace("\n", " ")[:40] for r in recs)
+        return row
 
     # --- recall: multiple choice by likelihood ------------------------------------------------
     def fork_cache(self, cache):
@@ -325,7 +366,7 @@ class KVCacheTask(Task):
                 for it in sample["items"]]
         ctx = inps[0]["context_ids"].to(self.device)
         cache, _, pre_s, full_mb = self.prefill(press, ctx)
-        kept = float(sum(layer.keys.shape[2] for layer in cache.layers)) / len(cache.layers)
+        kept = kept_per_layer(cache)
         kept_mb = cache_mb(cache)
         n = ctx.shape[1]
         scored, dec_s = self._timed("decode", lambda: [
@@ -345,60 +386,63 @@ class KVCacheTask(Task):
                "decode_steps": len(questions)}
         return rec, questions
 
-    def run_recall(self, press) -> Iterator[dict[str, Any]]:
+    def recall_row(self, press, length: int, filler: list[int]) -> dict[str, Any]:
+        """The recall row of one context length (windows drawn from a generator seeded by seed and length)."""
         cfg = self.cfg
-        lengths = self._lengths()
-        filler = filler_ids(self.tok, max(lengths) + 64)
-        for length in lengths:
-            rng = torch.Generator().manual_seed(self.seed * 7919 + length)
-            recs, qs = [], []
-            for _ in range(cfg["num_samples"]):
-                s = recall_sample(self.tok, filler, length, cfg["depths"], rng, cfg["num_digits"], cfg["num_choices"])
-                rec, questions = self.recall_window(press, s)
-                recs.append(rec)
-                qs += questions
-            mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-            row = {"n": length, "context_length": length, "context_tokens": mean([r["n"] for r in recs]),
-                   **self._common(press), **self._summary(recs),
-                   "score": 100 * mean([q["correct"] for q in qs]),
-                   "digit_accuracy": 100 * mean([q["digit_accuracy"] for q in qs]),
-                   "answer_nll": mean([q["answer_nll"] for q in qs]),
-                   "chance": 100 / cfg["num_choices"], "num_questions": len(qs)}
-            by_depth: dict[float, list[float]] = {}
-            for q in qs:
-                by_depth.setdefault(q["depth"], []).append(q["correct"])
-            row.update({f"score_d{round(100 * d):02d}": 100 * mean(v) for d, v in by_depth.items()})
-            yield row
+        rng = torch.Generator().manual_seed(self.seed * 7919 + length)
+        recs, qs = [], []
+        for _ in range(cfg["num_samples"]):
+            s = recall_sample(self.tok, filler, length, cfg["depths"], rng, cfg["num_digits"], cfg["num_choices"])
+            rec, questions = self.recall_window(press, s)
+            recs.append(rec)
+            qs += questions
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        row = {"n": length, "context_length": length, "context_tokens": mean([r["n"] for r in recs]),
+               **self._common(press), **self._summary(recs),
+               "score": 100 * mean([q["correct"] for q in qs]),
+               "digit_accuracy": 100 * mean([q["digit_accuracy"] for q in qs]),
+               "answer_nll": mean([q["answer_nll"] for q in qs]),
+               "chance": 100 / cfg["num_choices"], "num_questions": len(qs)}
+        by_depth: dict[float, list[float]] = {}
+        for q in qs:
+            by_depth.setdefault(q["depth"], []).append(q["correct"])
+        row.update({f"score_d{round(100 * d):02d}": 100 * mean(v) for d, v in by_depth.items()})
+        return row
+
+    def ppl_window(self, filler: list[int], length: int, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The i-th ppl window of the local text: (BOS + ``length`` - 1 context tokens, the next
+        ``task.ppl_tokens``), cut at ``i·span`` (span = the window's length less BOS)."""
+        t = self.cfg["ppl_tokens"]
+        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
+        span = length - len(bos) + t
+        if (i + 1) * span > len(filler):
+            raise ValueError(f"local text has {len(filler)} tokens; task.context_length={length} + "
+                             f"task.ppl_tokens={t} × {i + 1} windows (task.num_samples) is too long.")
+        ids = torch.tensor([bos + filler[i * span:(i + 1) * span]], device=self.device)
+        return ids[:, :length], ids[:, length:]
 
     @torch.no_grad()
-    def run_ppl(self, press) -> Iterator[dict[str, Any]]:
+    def ppl_row(self, press, length: int, filler: list[int]) -> dict[str, Any]:
+        """The ppl row of one context length: windows 0 .. num_samples-1 (``ppl_window``)."""
         t = self.cfg["ppl_tokens"]
         samples = self.cfg["num_samples"]
-        lengths = self._lengths()
-        filler = filler_ids(self.tok, (max(lengths) + t) * samples)
-        bos = [self.tok.bos_token_id] if self.tok.bos_token_id is not None else []
-        for length in lengths:
-            span = length - len(bos) + t
-            if span * samples > len(filler):
-                raise ValueError(f"local text has {len(filler)} tokens; task.context_length={length} + "
-                                 f"task.ppl_tokens={t} × task.num_samples={samples} is too long.")
-            nll, count_, recs = 0.0, 0, []
-            for i in range(samples):
-                ids = torch.tensor([bos + filler[i * span:(i + 1) * span]], device=self.device)
-                ctx, cont = ids[:, :length], ids[:, length:]
-                cache, h_last, pre_s, full_mb = self.prefill(press, ctx)
-                kept = float(sum(layer.keys.shape[2] for layer in cache.layers)) / len(cache.layers)
-                kept_mb = cache_mb(cache)
-                pos = torch.arange(length, length + t - 1, device=self.device).unsqueeze(0)
-                (logits0, out), dec_s = self._timed("decode", lambda: (
-                    self.model.lm_head(h_last), self.model(input_ids=cont[:, :-1], past_key_values=cache, position_ids=pos)))
-                logits = torch.cat((logits0, out.logits), 1).float()
-                nll += torch.nn.functional.cross_entropy(logits[0], cont[0], reduction="sum").item()
-                count_ += cont.shape[1]
-                recs.append({"n": length, "kept": kept, "full_mb": full_mb, "kept_mb": kept_mb, "prefill_s": pre_s,
-                             "decode_s": dec_s, "decode_steps": 1})
-            yield {"n": length, "context_length": length, **self._common(press), **self._summary(recs),
-                   "ppl": math.exp(nll / count_), "nll": nll / count_}
+        self.ppl_window(filler, length, samples - 1)  # the text is long enough for all of them
+        nll, count_, recs = 0.0, 0, []
+        for i in range(samples):
+            ctx, cont = self.ppl_window(filler, length, i)
+            cache, h_last, pre_s, full_mb = self.prefill(press, ctx)
+            kept = kept_per_layer(cache)
+            kept_mb = cache_mb(cache)
+            pos = torch.arange(length, length + t - 1, device=self.device).unsqueeze(0)
+            (logits0, out), dec_s = self._timed("decode", lambda: (
+                self.model.lm_head(h_last), self.model(input_ids=cont[:, :-1], past_key_values=cache, position_ids=pos)))
+            logits = torch.cat((logits0, out.logits), 1).float()
+            nll += torch.nn.functional.cross_entropy(logits[0], cont[0], reduction="sum").item()
+            count_ += cont.shape[1]
+            recs.append({"n": length, "kept": kept, "full_mb": full_mb, "kept_mb": kept_mb, "prefill_s": pre_s,
+                         "decode_s": dec_s, "decode_steps": 1})
+        return {"n": length, "context_length": length, **self._common(press), **self._summary(recs),
+                "ppl": math.exp(nll / count_), "nll": nll / count_}
 
     def run_longbench(self, press, e: bool) -> Iterator[dict[str, Any]]:
         subsets = list(self.cfg["subsets"] or (LONGBENCH_E_SUBSETS if e else LONGBENCH_SUBSETS))

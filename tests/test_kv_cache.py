@@ -91,14 +91,14 @@ def test_ratio_zero_equals_no_press(tiny, press):
 
 
 def test_weighted_press_with_full_budget_equals_no_press(tiny):
-    """Sink + window cover the cache (budget >= length): the weighted cache (weight channel of
-    ones) decodes exactly like the plain cache."""
+    """Official convention, sink + window cover the cache (budget >= length): the weighted cache
+    (weight channel of ones) decodes exactly like the plain cache."""
     task = make_task(tiny)
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(0, 256, (1, 60), generator=g)
     q_ids = torch.randint(0, 256, (1, 4), generator=g)
     ref, ref_logits = gen_tokens(task, None, ids, q_ids)
-    p = make_press("method", wildcat(), 0.5, sink_size=32, window_size=32)
+    p = make_press("method", wildcat(), 0.5, sink_size=32, window_size=32, ratio_of="middle")
     cache, _, _, _ = task.prefill(p, ids)
     assert cache.layers[0].values.shape[-1] == cache.layers[0].keys.shape[-1] + 1  # weighted path taken
     toks, logits = gen_tokens(task, p, ids, q_ids)
@@ -112,13 +112,17 @@ def test_compression_changes_output_and_keeps_budget(tiny):
     ids = torch.randint(0, 256, (1, 400), generator=g)
     q_ids = torch.randint(0, 256, (1, 4), generator=g)
     _, ref = gen_tokens(task, None, ids, q_ids, steps=1)
-    for name, hi in [("method", 400), ("uniform", 400), ("balance_kv", 400), ("snapkv", 100)]:
+    for name in ("method", "uniform", "balance_kv", "snapkv"):
         p = make_press(name, wildcat(), 0.75, generator=torch.Generator().manual_seed(0))
         cache, _, _, _ = task.prefill(p, ids)
-        kept = cache.layers[0].keys.shape[2]
-        assert kept <= 64 + math.floor(336 * 0.25) + 12 and kept <= hi, (name, kept)  # sink+window+middle budget
+        assert [layer.keys.shape[2] for layer in cache.layers] == [100, 100], name  # int(400·0.25), sink/window in it
         _, logits = gen_tokens(task, p, ids, q_ids, steps=1)
         assert not torch.allclose(logits, ref), name  # the compressed cache is what decoding reads
+    # the official convention: the ratio applies to the 336 tokens between sink and window
+    for name, mid in (("method", 7 * 12 + 336 - 7 * (336 // 7)), ("uniform", 84), ("balance_kv", 84)):
+        p = make_press(name, wildcat(), 0.75, ratio_of="middle", generator=torch.Generator().manual_seed(0))
+        cache, _, _, _ = task.prefill(p, ids)
+        assert cache.layers[0].keys.shape[2] == 64 + mid, name  # WildCat: 7 bins of 12, leftover in the window
 
 
 def test_balance_kv_halving_weights():
@@ -128,11 +132,16 @@ def test_balance_kv_halving_weights():
     p = BalanceKVPress(compression_ratio=0.75, generator=g, block_size=32)
     k = torch.randn(1, 2, 100, 8, generator=torch.Generator().manual_seed(1))
     v = torch.randn(1, 2, 100, 8, generator=torch.Generator().manual_seed(2))
-    kc, vc, log_w = p.compress_middle(None, k, v)
+    assert p.middle_budget(100) == 25  # official: two halvings
+    kc, vc, log_w = p.compress_middle(None, k, v, 25)
     assert kc.shape[2] == 25 and vc.shape[2] == 25
     w = log_w.exp()
     assert set(w.unique().tolist()) <= {1.0, 2.0, 4.0}
     assert 60 <= float(w.sum(-1).mean()) <= 100  # total mass ≈ n (unbiased counts)
+    # an exact budget between two halvings: 100 -> 50, then the oldest 40 halved to 20 (+ 10 kept)
+    kc, vc, log_w = BalanceKVPress(compression_ratio=0.7, generator=g, block_size=32).compress_middle(None, k, v, 30)
+    assert kc.shape[2] == 30 and set(log_w.exp().unique().tolist()) <= {1.0, 2.0, 4.0}
+    assert 60 <= float(log_w.exp().sum(-1).mean()) <= 100
 
 
 def test_needle_placed_where_stated():
@@ -193,7 +202,7 @@ def test_recall_logprobs_match_an_independent_forward(tiny):
     task = make_task(tiny, dataset="recall", context_length=240, depths=[0.2, 0.8], num_digits=3, num_choices=4)
     s = recall_sample(tok, _filler(tok), 240, [0.2, 0.8], torch.Generator().manual_seed(5), 3, 4)
     rec, qs = task.recall_window(None, s)
-    assert rec["kept"] == rec["n"] and len(qs) == 2
+    assert rec["kept"] == [rec["n"]] * 2 and len(qs) == 2
     for it, q in zip(s["items"], qs):
         ctx = [tok.bos_token_id] + tok.encode(s["context"], add_special_tokens=False)
         qid = tok.encode(it["question"] + "\n" + it["answer_prefix"], add_special_tokens=False)
@@ -266,7 +275,35 @@ def test_recall_rows_deterministic_per_seed(tiny):
     assert r0["num_questions"] == 4 and r0["chance"] == 25 and r0["num_samples"] == 2 and r0["n"] == 240
     assert 0 <= r0["score"] <= 100 and 0 <= r0["digit_accuracy"] <= 100 and r0["answer_nll"] > 0
     assert r0["press"] == "WildCatPress" and 0 < r0["kept_fraction"] < 1
+    n = r0["context_tokens"]  # 240 and the BOS token
+    assert r0["kept_tokens_per_layer"] == [int(n * 0.5)] * 2 and r0["kept_fraction"] == int(n * 0.5) / n
     assert r0["answer_nll"] != r1["answer_nll"]  # another seed, other windows and numbers
+
+
+def test_rows_carry_the_uncompressed_baseline_of_the_same_windows(tiny):
+    """Every needle / recall / ppl row carries baseline_* = the press-none row's metrics on the same
+    windows; it is measured once per model and config (the press knobs left out), then reused."""
+    import tasks.kv_cache as kv
+
+    cfg = dict(dataset="recall", context_length=[200, 240], depths=[0.25, 0.75], num_samples=1, num_digits=3)
+    none = {r["n"]: r for r in make_task(tiny, press="none", **cfg).run(wildcat(), Meter.quick())}
+    for r in none.values():
+        assert r["baseline_score"] == r["score"] and r["baseline_answer_nll"] == r["answer_nll"]
+    calls = []
+    task = make_task(tiny, press="uniform", compression_ratio=0.75, **cfg)
+    orig = task.recall_row
+    task.recall_row = lambda press, n, data: calls.append(press is None) or orig(press, n, data)
+    rows = list(task.run(wildcat(), Meter.quick()))
+    assert calls == [False, False]  # the baseline rows came from the press-none run above
+    for r in rows:
+        b = none[r["n"]]
+        assert (r["baseline_score"], r["baseline_digit_accuracy"], r["baseline_answer_nll"]) == (
+            b["score"], b["digit_accuracy"], b["answer_nll"])
+        assert r["answer_nll"] != b["answer_nll"] and r["kept_fraction"] < 0.26
+    kv._baselines.clear()
+    (p,) = make_task(tiny, press="snapkv", dataset="ppl", context_length=200).run(wildcat(), Meter.quick())
+    (p0,) = make_task(tiny, press="none", dataset="ppl", context_length=200).run(wildcat(), Meter.quick())
+    assert p["baseline_ppl"] == p0["ppl"] and p["baseline_nll"] == p0["nll"] and p["ppl"] != p0["ppl"]
 
 
 def test_recall_knob_errors(tiny):
@@ -404,23 +441,25 @@ def test_report_kv_table_and_figure(tmp_path):
     from runners.report import report
 
     rows, i = [], 0
-    for press, cls, ratio, kept in (("none", "none", 0.0, 1.0), ("method", "WildCatPress", 0.5, 0.53),
-                                    ("snapkv", "SnapKVPress", 0.5, 0.5), ("snapkv", "SnapKVPress", 0.75, 0.25)):
+    for press, cls, ratio, kept, of in (("none", "none", 0.0, 1.0, "all"), ("method", "WildCatPress", 0.5, 0.5, "all"),
+                                        ("method", "WildCatPress", 0.5, 0.53, "middle"),
+                                        ("snapkv", "SnapKVPress", 0.5, 0.5, "all"),
+                                        ("snapkv", "SnapKVPress", 0.75, 0.25, "middle")):  # no effect on kvpress's presses
         for ds in ("ppl", "recall"):
             i += 1
             r = {"status": "ok", "experiment": "kvx", "run_id": f"r{i}", "method": "wildcat", "seed": 0, "n": 2048,
                  "press": cls, "task.press": press, "task.compression_ratio": ratio, "task.dataset": ds,
-                 "kept_fraction": kept + (0.01 if ds == "recall" else 0.0)}
+                 "task.ratio_of": of, "kept_fraction": kept + (0.01 if ds == "recall" else 0.0)}
             r.update({"ppl": 10 / kept} if ds == "ppl" else {"score": 100 * kept, "digit_accuracy": 90 * kept,
                                                                "answer_nll": 1 / kept, "chance": 25.0})
             rows.append(r)
     res = report(tmp_path, "kvx", rows=pd.DataFrame(rows), use_grid=False)
     t = res["kv_table"]
-    assert list(t["press"]) == ["none", "WildCat", "SnapKV", "SnapKV"]
-    assert list(t["compression_ratio"]) == [0.0, 0.5, 0.5, 0.75]
-    assert t["ppl"].tolist() == pytest.approx([10, 10 / 0.53, 20, 40])
-    assert t["score"].tolist() == pytest.approx([100, 53, 50, 25])
-    assert t["kept_fraction"].tolist() == pytest.approx([1.005, 0.535, 0.505, 0.255])
+    assert list(t["press"]) == ["none", "WildCat", "WildCat (middle)", "SnapKV", "SnapKV"]
+    assert list(t["compression_ratio"]) == [0.0, 0.5, 0.5, 0.5, 0.75]
+    assert t["ppl"].tolist() == pytest.approx([10, 20, 10 / 0.53, 20, 40])
+    assert t["score"].tolist() == pytest.approx([100, 50, 53, 50, 25])
+    assert t["kept_fraction"].tolist() == pytest.approx([1.005, 0.505, 0.535, 0.505, 0.255])
     names = {p.name for p in res["files"]}
     assert {"kvx_kv_table.csv", "kvx_kv_vs_kept.png", "kvx_kv_vs_kept.pdf"} <= names
     assert "## Press × compression ratio" in (tmp_path / "reports" / "kvx" / "kvx_table.md").read_text()
@@ -435,3 +474,28 @@ def test_smollm2_recall_uncompressed_answers():
     (row,) = task.run(methods.build("exact"), Meter.quick())
     assert row["kept_fraction"] == 1.0 and row["num_questions"] == 2
     assert row["score"] == 100.0 and row["digit_accuracy"] >= 70, row
+
+
+def test_kv_layers_errors_zero_without_compression(tiny):
+    """runners.kv_layers: over an uncompressed cache, each layer's attention output for the
+    continuation (alone and decoded in situ) equals the untouched model's (relative error at fp32
+    rounding); a compressed cache gives errors > 0, and layer 0 (nothing below it) has the same
+    error alone and in situ."""
+    from runners.kv_layers import capture, insitu_errors, layer_errors
+
+    model, _ = tiny
+    task = make_task(tiny)
+    register_weighted_attention()
+    model.set_attn_implementation("attnbench_weighted")
+    g = torch.Generator().manual_seed(7)
+    ctx, cont = torch.randint(0, 256, (1, 90), generator=g), torch.randint(0, 256, (1, 12), generator=g)
+    got = capture(model, ctx, cont)
+    eps = 64 * torch.finfo(torch.float32).eps
+    for press, zero in ((None, True), (make_press("method", wildcat(), 0.5, sink_size=4, window_size=4), False),
+                        (make_press("uniform", wildcat(), 0.5, generator=torch.Generator().manual_seed(0)), False)):
+        cache, _, _, _ = task.prefill(press, ctx)
+        ins = insitu_errors(model, task, cache, 90, cont, got)
+        alone = layer_errors(model, cache, got)
+        rel = [math.sqrt(d / r) for d, r in ins] + [math.sqrt(e[0] / e[1]) for e in alone]
+        assert all(x <= eps for x in rel) if zero else all(x > 1e-3 for x in rel), (press, rel)
+        assert math.sqrt(alone[0][0] / alone[0][1]) == pytest.approx(math.sqrt(ins[0][0] / ins[0][1]), rel=1e-5)

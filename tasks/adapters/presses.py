@@ -18,13 +18,25 @@ Two pieces make Hugging Face models do this without touching their modules:
 
 The official code patches each attention module's ``forward`` instead; this keeps kvpress's
 pipeline, hooks and HF modules unchanged.
+
+kvpress's press contracts, kept by every press here (``tests/test_press_contracts.py``):
+- a press at ``compression_ratio`` r leaves ``int(n·(1-r))`` tokens per layer (at least 1; all at
+  r = 0), sink and window included (``ratio_of="all"``, the default). ``ratio_of="middle"`` is the
+  official WildCat convention instead: r is the fraction of the tokens between sink and window
+  that is dropped, and a context of fewer than sink + window + 2 tokens is not compressed;
+- compression runs under ``torch.no_grad()`` (the cache holds no graph, and a forward with
+  autograd on works), for any batch size and in fp32, fp16 and bf16;
+- ``with press(model)`` adds one forward hook per attention layer and removes them on exit.
+  Presses that write weighted caches switch the model to ``attnbench_weighted`` attention in
+  ``post_init_from_model`` (it stays: decoding after the ``with`` block reads the weighted cache;
+  on plain caches it is SDPA).
 """
 from __future__ import annotations
 
 import math
 import types
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -50,7 +62,8 @@ KVPRESS_NAMES = {
     "observed_attention": "ObservedAttentionPress",
     "lagkv": "LagKVPress",
 }
-OWN_PRESSES = ("method", "none", "uniform", "balance_kv")
+OWN_PRESSES = ("method", "none", "uniform", "balance_kv", "per_layer")
+RATIO_OF = ("all", "middle")  # what compression_ratio is a fraction of (sink-window presses)
 
 
 # ----------------------------------------------------------------------------- decoding
@@ -70,13 +83,25 @@ def weighted_sdpa(module: nn.Module, query: Tensor, key: Tensor, value: Tensor, 
     ok = den > 1e-20
     res = torch.where(ok, out[..., :-1] / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(out[..., :-1]))
     layer = getattr(module, "_attnbench_layer", None)
-    vmin = getattr(layer, "vmin", None)
-    if vmin is not None and layer.values is not None and layer.values.shape[2] == key.shape[2]:
+    if getattr(layer, "vmin", None) is not None and layer.values is value:
+        vmin, vmax = value_range(layer, value)
         groups = query.shape[1] // vmin.shape[1]
         lo = vmin.repeat_interleave(groups, dim=1).transpose(1, 2).to(res.dtype)
-        hi = layer.vmax.repeat_interleave(groups, dim=1).transpose(1, 2).to(res.dtype)
+        hi = vmax.repeat_interleave(groups, dim=1).transpose(1, 2).to(res.dtype)
         res = torch.maximum(torch.minimum(res, hi), lo)
     return res, None
+
+
+def value_range(layer: Any, value: Tensor) -> tuple[Tensor, Tensor]:
+    """WildCat's running value range of a weighted cache layer: the prefill's range (``vmin``,
+    ``vmax``, per KV head and channel) widened by the tokens appended after prefill (positions
+    ``n_prefill:`` of ``value``, weight channel left out). Derived from the cache contents, so
+    cropping the cache (kvpress's pipeline removes each answer) restores it."""
+    new = value[:, :, layer.n_prefill:, :-1]
+    if new.shape[2] == 0:
+        return layer.vmin, layer.vmax
+    return (torch.minimum(layer.vmin, new.amin(-2, keepdim=True).to(layer.vmin.dtype)),
+            torch.maximum(layer.vmax, new.amax(-2, keepdim=True).to(layer.vmax.dtype)))
 
 
 weighted_attention = attention_patch(weighted_sdpa)  # keeps kvpress's head-wise masking support
@@ -90,10 +115,7 @@ def register_weighted_attention() -> str:
 
 
 def _weighted_update(layer: Any, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any):
-    """Cache-layer ``update`` for weighted caches: running value range, weight-1 channel on new values."""
-    if layer.vmin is not None:
-        layer.vmin = torch.minimum(layer.vmin, value_states.amin(-2, keepdim=True))
-        layer.vmax = torch.maximum(layer.vmax, value_states.amax(-2, keepdim=True))
+    """Cache-layer ``update`` for weighted caches: a weight-1 channel on new values."""
     if layer.values is not None and layer.values.shape[-1] == value_states.shape[-1] + 1:
         value_states = torch.cat((value_states, torch.ones_like(value_states[..., :1])), -1)
     return type(layer).update(layer, key_states, value_states, *args, **kwargs)
@@ -101,10 +123,10 @@ def _weighted_update(layer: Any, key_states: Tensor, value_states: Tensor, *args
 
 def make_weighted(layer: Any, vmin: Tensor | None = None, vmax: Tensor | None = None) -> None:
     """Make a cache layer whose values now carry a weight channel append weight-1 channels to new
-    values and track the running value range (an instance-level ``update``; the layer's class,
-    e.g. ``DynamicLayer``, is unchanged)."""
+    values (an instance-level ``update``; the layer's class, e.g. ``DynamicLayer``, is unchanged)
+    and record the prefill's value range for WildCat's clamp (``value_range``)."""
     layer.update = types.MethodType(_weighted_update, layer)
-    layer.vmin, layer.vmax = vmin, vmax
+    layer.vmin, layer.vmax, layer.n_prefill = vmin, vmax, layer.keys.shape[2]
 
 
 def pack_weights(values: Tensor, log_w: Tensor) -> Tensor:
@@ -120,35 +142,95 @@ def weighted_reference(q: Tensor, k: Tensor, v: Tensor, log_w: Tensor, scale: fl
 
 
 # ----------------------------------------------------------------------------- presses
+def kept_count(n: int, ratio: float) -> int:
+    """Tokens a press keeps of ``n`` at ``compression_ratio=ratio``: kvpress's ``compute_n_kept``,
+    int(n·(1-ratio)) and at least 1 (all n at ratio 0)."""
+    from kvpress.utils import compute_n_kept
+
+    return n if ratio == 0 else compute_n_kept(n, ratio)
+
+
+def split_sink_window(keep: int, sink: int, window: int) -> tuple[int, int]:
+    """Sink and window sizes within a budget of ``keep`` tokens: as given when sink + window <=
+    keep, else shrunk in proportion (sink ⌊keep·sink/(sink+window)⌋, the rest window)."""
+    if sink + window <= keep:
+        return sink, window
+    s = keep * sink // (sink + window)
+    return s, keep - s
+
+
+def use_weighted_attention(model: nn.Module) -> None:
+    """Switch ``model`` to ``attnbench_weighted`` attention (plain SDPA on plain caches)."""
+    name = register_weighted_attention()
+    if getattr(model.config, "_attn_implementation", None) != name:
+        model.set_attn_implementation(name)
+
+
 @dataclass
 class _SinkWindowPress(BasePress):
     """Keeps the first ``sink_size`` and last ``window_size`` tokens exact and compresses the
-    middle ones; ``compression_ratio`` is the fraction of the MIDDLE tokens removed, as in the
-    official WildCat, uniform and BalanceKV presses. Subclasses implement ``compress_middle``
-    returning (keys, values, log_w or None)."""
+    tokens between them, as the official WildCat, uniform and BalanceKV presses. ``ratio_of``:
+    ``all`` (default, kvpress's contract) keeps int(n·(1-ratio)) tokens in all, sink and window
+    included (both shrunk in proportion when they alone exceed that: ``split_sink_window``);
+    ``middle`` (the official convention) drops the fraction ``ratio`` of the middle tokens and
+    leaves a context of fewer than sink + window + 2 tokens alone. Subclasses implement
+    ``compress_middle(module, keys, values, budget)`` returning (keys, values, log_w or None) with
+    ``budget`` entries. In a ``ComposedPress`` a weighted press must come last (kvpress's presses
+    would cut the weight channel)."""
 
     compression_ratio: float = 0.0
     sink_size: int = 32
     window_size: int = 32
+    ratio_of: str = "all"
+    weighted: ClassVar[bool] = False  # writes a weight channel: needs attnbench_weighted attention
 
     def __post_init__(self) -> None:
         if not 0 <= self.compression_ratio < 1:
             raise ValueError(f"task.compression_ratio must lie in [0, 1), got {self.compression_ratio}.")
+        if self.ratio_of not in RATIO_OF:
+            raise ValueError(f"task.ratio_of must be one of {RATIO_OF}, got {self.ratio_of!r}.")
+        for key, val in (("task.sink_size", self.sink_size), ("task.window_size", self.window_size)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 0:
+                raise ValueError(f"{key} must be an integer >= 0, got {val!r}.")
 
-    def compress_middle(self, module, keys, values):  # pragma: no cover - abstract
+    def post_init_from_model(self, model) -> None:
+        if self.weighted:
+            use_weighted_attention(model)
+
+    def plan(self, n: int) -> tuple[int, int, int] | None:
+        """(sink, window, middle budget) for a context of ``n`` tokens; None: left uncompressed."""
+        if self.compression_ratio == 0:
+            return None
+        if self.ratio_of == "middle":
+            n_mid = n - self.sink_size - self.window_size
+            return None if n_mid < 2 else (self.sink_size, self.window_size, self.middle_budget(n_mid))
+        keep = kept_count(n, self.compression_ratio)
+        if keep >= n:
+            return None
+        s, w = split_sink_window(keep, self.sink_size, self.window_size)
+        return s, w, keep - s - w
+
+    def middle_budget(self, n_mid: int) -> int:
+        """Official convention: entries kept of ``n_mid`` middle tokens."""
+        return max(1, math.floor(n_mid * (1 - self.compression_ratio)))
+
+    def compress_middle(self, module, keys, values, budget):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def compress(self, module, hidden_states, keys, values, attentions, kwargs):
-        n = keys.shape[2]
-        s, w = self.sink_size, self.window_size
-        if self.compression_ratio == 0 or n - s - w < 2:
+        plan = self.plan(keys.shape[2])
+        if plan is None:
             return keys, values
-        k_mid, v_mid, log_w = self.compress_middle(module, keys[:, :, s:n - w], values[:, :, s:n - w])
-        keys = torch.cat((keys[:, :, :s], k_mid, keys[:, :, n - w:]), 2)
+        s, w, m = plan
+        n = keys.shape[2]
+        ks, kw, vs, vw = keys[:, :, :s], keys[:, :, n - w:], values[:, :, :s], values[:, :, n - w:]
+        if m == 0:
+            return torch.cat((ks, kw), 2), torch.cat((vs, vw), 2)
+        k_mid, v_mid, log_w = self.compress_middle(module, keys[:, :, s:n - w], values[:, :, s:n - w], m)
+        keys = torch.cat((ks, k_mid, kw), 2)
         if log_w is None:
-            return keys, torch.cat((values[:, :, :s], v_mid, values[:, :, n - w:]), 2)
+            return keys, torch.cat((vs, v_mid, vw), 2)
         zeros = lambda t: torch.zeros(t.shape[:3], dtype=log_w.dtype, device=t.device)  # noqa: E731
-        vs, vw = values[:, :, :s], values[:, :, n - w:]
         log_w = torch.cat((zeros(vs), log_w, zeros(vw)), 2)
         return keys, pack_weights(torch.cat((vs, v_mid, vw), 2), log_w)
 
@@ -158,7 +240,8 @@ class _SinkWindowPress(BasePress):
         if not is_prefilling(kwargs["cache_position"], kwargs["hidden_states"].shape[1]):
             return output
         self._vrange = None
-        output = super().forward_hook(module, input, kwargs, output)
+        with torch.no_grad():  # the compressed cache holds no autograd graph
+            output = super().forward_hook(module, input, kwargs, output)
         layer = kwargs["past_key_values"].layers[module.layer_idx]
         if layer.values.shape[-1] == layer.keys.shape[-1] + 1:
             make_weighted(layer, *(self._vrange or (None, None)))
@@ -166,25 +249,42 @@ class _SinkWindowPress(BasePress):
         return output
 
 
+def _default_wildcat() -> AttentionMethod:
+    import methods
+
+    return methods.build("wildcat")
+
+
 @dataclass
 class WildCatPress(_SinkWindowPress):
     """WildCat's KV-cache mode (``methods.wildcat.compress_kv_cache``, the official
     ``compress_kv_press.py``): sink and window exact, the middle cut into bins of which each keeps
     ``bin_r`` weighted RPCholesky points; signed Nyström weights in the extra value channel; output
-    clamped to the running value range. RPCholesky knobs come from the suite method."""
+    clamped to the running value range. RPCholesky knobs and the random stream come from
+    ``method`` (default: WildCat with its default knobs, seed 0). With ``ratio_of="all"`` the bins
+    keep ⌊R/bins⌋ or ⌊R/bins⌋ + 1 points so that the cache keeps exactly int(n·(1-ratio))
+    entries (``compress_kv_cache``'s ``keep``)."""
 
-    method: AttentionMethod | None = None
+    method: AttentionMethod | None = field(default_factory=_default_wildcat)
     bin_r: int = 12
+    weighted: ClassVar[bool] = True
 
     def compress(self, module, hidden_states, keys, values, attentions, kwargs):
         from methods.wildcat import compress_kv_cache
 
-        m = self.method
         if self.compression_ratio == 0:
             return keys, values
-        c = compress_kv_cache(keys, values, module.scaling, compression_ratio=self.compression_ratio,
-                              sink=self.sink_size, window=self.window_size, bin_r=self.bin_r,
-                              temperature=m.temperature, rho=m.rho, block=m.block, generator=m.generator(keys.device))
+        sink, window, keep = self.sink_size, self.window_size, None
+        if self.ratio_of == "all":
+            plan = self.plan(keys.shape[2])
+            if plan is None:
+                return keys, values
+            sink, window, mid = plan
+            keep = sink + window + mid
+        m = self.method
+        c = compress_kv_cache(keys, values, module.scaling, compression_ratio=self.compression_ratio, sink=sink,
+                              window=window, bin_r=self.bin_r, temperature=m.temperature, rho=m.rho, block=m.block,
+                              generator=m.generator(keys.device), keep=keep)
         self._vrange = (c.vmin, c.vmax)
         return c.keys, c.values
 
@@ -192,14 +292,17 @@ class WildCatPress(_SinkWindowPress):
 @dataclass
 class MethodPress(_SinkWindowPress):
     """Any suite method implementing ``compress(k, v, budget) -> (k_c, v_c, log_w)``: the middle
-    tokens are compressed to ``floor(n_mid·(1-ratio))`` entries, log-weights carried as a value
-    channel."""
+    tokens are compressed to the middle budget, log-weights carried as a value channel. A method
+    that returns another number of entries than its budget is an error."""
 
     method: AttentionMethod | None = None
+    weighted: ClassVar[bool] = True
 
-    def compress_middle(self, module, keys, values):
-        budget = max(1, int(math.floor(keys.shape[2] * (1 - self.compression_ratio))))
+    def compress_middle(self, module, keys, values, budget):
         k_c, v_c, log_w = self.method.compress(keys, values, budget)
+        if k_c.shape[2] != budget:
+            raise ValueError(f"method={self.method.name}: compress(k, v, budget={budget}) returned {k_c.shape[2]} "
+                             f"entries; a press keeps exactly its budget.")
         return k_c.to(keys.dtype), v_c.to(values.dtype), log_w.float()
 
 
@@ -208,17 +311,17 @@ class UniformPress(_SinkWindowPress):
     """Uniform baseline of the WildCat paper: sink and window exact, a uniformly random subset
     (without replacement, independent per batch element and KV head) of the middle tokens,
     unweighted. The official ``uniform_press.py`` halves ⌈log2 1/(1-ratio)⌉ times with random
-    signs; we draw the same number of tokens, floor(n_mid·(1-ratio)), in one exact uniform draw
-    (the official halving prefers earlier positions when a sign class overflows)."""
+    signs; we draw the budget's number of tokens (official convention: floor(n_mid·(1-ratio))) in
+    one exact uniform draw (the official halving prefers earlier positions when a sign class
+    overflows)."""
 
     generator: torch.Generator | None = None
 
-    def compress_middle(self, module, keys, values):
+    def compress_middle(self, module, keys, values, budget):
         b, h, n, d = keys.shape
-        m = max(1, int(math.floor(n * (1 - self.compression_ratio))))
         u = torch.rand(b, h, n, generator=self.generator, device=keys.device if self.generator is None
                        else self.generator.device).to(keys.device)
-        idx = u.topk(m, dim=-1).indices.sort(-1).values
+        idx = u.topk(budget, dim=-1).indices.sort(-1).values
         return (keys.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, d)),
                 values.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, values.shape[-1])), None)
 
@@ -234,29 +337,40 @@ class BalanceKVPress(_SinkWindowPress):
     sign class holds n/2 tokens (index c), the other class's tokens up to c are kept with weight ×2
     and every token after c with weight ×1 (they were not split), giving n/2 tokens.
     Vectorised over batch, heads and blocks; sequential over the positions of a block.
-    Departure: the official press multiplies the values by weight/2^T without a normaliser; we
+    Departures: the official press multiplies the values by weight/2^T without a normaliser; we
     carry the weights exactly as WildCat does (extra value channel), so numerator and
-    denominator of the softmax are estimated alike, as in the BalanceKV paper."""
+    denominator of the softmax are estimated alike, as in the BalanceKV paper. For an exact budget
+    (``ratio_of="all"``), full halvings run while they leave at least the budget, then a last
+    halving of the oldest 2x remaining tokens (x = the excess) lands on it."""
 
     generator: torch.Generator | None = None
     gamma: float = 4.0
     temp: float = 1.0
     beta: float = 0.0
     block_size: int = 256
+    weighted: ClassVar[bool] = True
 
-    def compress_middle(self, module, keys, values):
-        itrs = math.ceil(-math.log2(1 - self.compression_ratio) - 1e-12)
+    def middle_budget(self, n_mid: int) -> int:
+        """Official: what ⌈log2 1/(1-ratio)⌉ halvings leave of ``n_mid`` tokens."""
+        c = n_mid
+        for _ in range(math.ceil(-math.log2(1 - self.compression_ratio) - 1e-12)):
+            if c < 2:
+                break
+            c -= c // 2
+        return c
+
+    def compress_middle(self, module, keys, values, budget):
         b, h, n, d = keys.shape
         idx = torch.arange(n, device=keys.device).expand(b, h, n)
         weight = torch.ones(b, h, n, device=keys.device, dtype=torch.float32)
-        for _ in range(itrs):
-            if idx.shape[-1] < 2:
-                break
-            k = keys.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, d)).float()
-            v = values.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, values.shape[-1])).float()
-            keep, mult = self._halve(k, v * weight.unsqueeze(-1))
-            idx = idx.gather(2, keep)
-            weight = weight.gather(2, keep) * mult
+        while idx.shape[-1] > budget:
+            c = idx.shape[-1]
+            part = c if c - c // 2 >= budget else 2 * (c - budget)  # the last round halves the oldest 2x only
+            k = keys.gather(2, idx[..., :part].unsqueeze(-1).expand(-1, -1, -1, d)).float()
+            v = values.gather(2, idx[..., :part].unsqueeze(-1).expand(-1, -1, -1, values.shape[-1])).float()
+            keep, mult = self._halve(k, v * weight[..., :part].unsqueeze(-1))
+            idx = torch.cat((idx[..., :part].gather(2, keep), idx[..., part:]), -1)
+            weight = torch.cat((weight[..., :part].gather(2, keep) * mult, weight[..., part:]), -1)
         return (keys.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, d)),
                 values.gather(2, idx.unsqueeze(-1).expand(-1, -1, -1, values.shape[-1])), weight.log())
 
@@ -299,6 +413,27 @@ class BalanceKVPress(_SinkWindowPress):
 
 
 # ----------------------------------------------------------------------------- factory
+@dataclass
+class PerLayerPress(BasePress):
+    """One press per attention layer: ``presses[i]`` compresses layer i, ``default`` (None: no
+    compression) every other layer. ``compression_ratio`` is the default press's (for kvpress's
+    ``ComposedPress`` and rows)."""
+
+    presses: dict[int, BasePress] = field(default_factory=dict)
+    default: BasePress | None = None
+
+    def __post_init__(self) -> None:
+        self.compression_ratio = getattr(self.default, "compression_ratio", 0.0)
+
+    def post_init_from_model(self, model) -> None:
+        for p in {id(p): p for p in [*self.presses.values(), self.default] if p is not None}.values():
+            p.post_init_from_model(model)
+
+    def forward_hook(self, module, input, kwargs, output):
+        press = self.presses.get(module.layer_idx, self.default)
+        return output if press is None else press.forward_hook(module, input, kwargs, output)
+
+
 def kvpress_class(name: str):
     """kvpress press class from a short name (``snapkv``) or ``kvpress:<ClassName>``."""
     import kvpress
@@ -311,15 +446,22 @@ def kvpress_class(name: str):
 
 
 def make_press(name: str, method: AttentionMethod, ratio: float, *, sink_size: int = 32, window_size: int = 32,
-               bin_r: int = 12, generator: torch.Generator | None = None, kwargs: dict | None = None):
+               bin_r: int = 12, ratio_of: str = "all", generator: torch.Generator | None = None,
+               kwargs: dict | None = None):
     """The press for ``task.press=name`` (None for no compression). ``method``: the run's suite
-    method (used when name is ``method``)."""
+    method (used when name is ``method``). ``per_layer``: ``kwargs`` maps ``default`` to a press
+    name and press names to lists of layer indices (``{default: streaming_llm, method: [3, 7]}``);
+    each is built with the same ratio and knobs."""
     kwargs = dict(kwargs or {})
     if not 0 <= float(ratio) < 1:
         raise ValueError(f"task.compression_ratio must lie in [0, 1), got {ratio}.")
-    common = dict(compression_ratio=float(ratio), sink_size=int(sink_size), window_size=int(window_size))
+    common = dict(compression_ratio=float(ratio), sink_size=int(sink_size), window_size=int(window_size),
+                  ratio_of=ratio_of)
     if name == "none":
         return None
+    if name == "per_layer":
+        return _per_layer(method, ratio, dict(sink_size=sink_size, window_size=window_size, bin_r=bin_r,
+                                              ratio_of=ratio_of, generator=generator), kwargs)
     if name == "method":
         if method.name == "exact":
             return None  # the uncompressed baseline
@@ -342,7 +484,20 @@ def make_press(name: str, method: AttentionMethod, ratio: float, *, sink_size: i
                          f"task.press_kwargs={kwargs}: {e}") from e
 
 
-def kept_tokens(press: Any, cache: Any) -> float:
-    """Mean number of cached tokens per layer (after compression)."""
-    lens = [layer.keys.shape[2] for layer in cache.layers if getattr(layer, "keys", None) is not None]
-    return float(sum(lens)) / max(1, len(lens))
+def _per_layer(method: AttentionMethod, ratio: float, knobs: dict, spec: dict) -> PerLayerPress:
+    """``task.press=per_layer`` from ``task.press_kwargs`` (see ``make_press``)."""
+    spec = dict(spec)
+    default = spec.pop("default", "none")
+    if not isinstance(default, str) or default == "per_layer":
+        raise ValueError(f"task.press_kwargs.default must be a press name, got {default!r}.")
+    built, seen = {}, set()
+    for name, layers in spec.items():
+        if name == "per_layer" or not isinstance(layers, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in layers):
+            raise ValueError(f"task.press_kwargs.{name} must be a list of layer indices >= 0 (per_layer), got {layers!r}.")
+        if seen & set(layers):
+            raise ValueError(f"task.press_kwargs: layers {sorted(seen & set(layers))} are given two presses.")
+        seen |= set(layers)
+        press = make_press(str(name), method, ratio, **knobs)
+        built.update({int(i): press for i in layers})
+    return PerLayerPress(presses=built, default=make_press(default, method, ratio, **knobs))
