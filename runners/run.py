@@ -89,6 +89,24 @@ def uncovered_preset(cfg: Mapping[str, Any]) -> str | None:
     return f"preset {name!r} has no settings for method {method!r}; it covers {preset_methods(str(name))}"
 
 
+def missing_package(cfg: Mapping[str, Any]) -> str | None:
+    """Why the config's method cannot run here when it is a plugin whose package is not installed: its
+    module does not import for a missing module, or its class's ``missing()`` says so (the peers,
+    ``methods/peers``); else None. A single run with it is an error; a sweep skips the job without a row."""
+    name = _raw_name(cfg, "method")
+    try:
+        if not isinstance(name, str) or not methods.REGISTRY.is_plugin(name):
+            return None
+        missing = getattr(methods.get(name), "missing", None)
+    except ValueError as exc:  # the plugin does not import (the ImportError is under the registry's errors)
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, ImportError):
+            cause = cause.__cause__
+        return str(exc) if cause is not None else None
+    reason = missing() if callable(missing) else None
+    return f"method {name!r}: {reason}" if reason else None
+
+
 def resolve_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The validated, normalised config of a run: the method's effective knobs, the task's knobs
     with defaults filled in, the meter's knobs, seed, device, preset and experiment.
@@ -166,6 +184,10 @@ def run(cfg_in: Any, *, raise_errors: bool = False, sweep_dir: str | None = None
     skip = uncovered_preset(cfg) if sweep_dir is not None else None
     if skip:
         print(f"[attnbench] skip: {skip} (a method × preset pair of the sweep that the preset does not cover)")
+        return []
+    skip = missing_package(cfg) if sweep_dir is not None else None
+    if skip:
+        print(f"[attnbench] skip: {skip}")
         return []
     try:
         resolved = resolve_config(cfg)
