@@ -22,6 +22,8 @@ Two models:
 Examples::
 
     python -m runners.train_thresholds lm --lambdas 0.05 0.2 1.0 --steps 30
+    python -m runners.train_thresholds lm --lambdas 0.5 2 --steps 200 --eval-at 10 50 100 \
+        --curve results/latte_training_curve.md      # held-out evaluation at checkpoints, a figure
     python -m runners.train_thresholds vit --model vit_small_patch16_224 --pretrained \
         --data /data/imagenet/val --lambdas 0.1
 """
@@ -123,8 +125,10 @@ def train(
     steps: int,
     lr: float,
     log: Callable[[str], None] = print,
+    on_step: Callable[[int, list[dict[str, float]]], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Adam on the thresholds only; loss = task_loss + lam · mean kept fraction (surrogate)."""
+    """Adam on the thresholds only; loss = task_loss + lam · mean kept fraction (surrogate).
+    ``on_step(steps done, history)`` runs after each step (e.g. a held-out evaluation)."""
     for p in model.parameters():
         p.requires_grad_(False)
     thetas = [m.theta for m in methods.values()]
@@ -150,6 +154,8 @@ def train(
                "theta_mean": float(torch.cat([t.detach().flatten() for t in thetas]).mean())}
         history.append(row)
         log(json.dumps(row))
+        if on_step is not None:
+            on_step(step + 1, history)
     for t in thetas:
         t.requires_grad_(False)
     return history
@@ -187,9 +193,10 @@ def run_lm(args) -> list[dict[str, float]]:
     torch.manual_seed(args.seed)
     model, tok = load_smollm2()
     train_b = token_batches(tok, local_text(None, part="train"), args.seq_len, args.train_seqs)
-    eval_b = token_batches(tok, local_text(None, part="heldout"), args.seq_len, args.eval_seqs)
+    eval_b = token_batches(tok, local_text(None, part="heldout"), args.eval_seq_len or args.seq_len, args.eval_seqs)
     methods = patch_hf(model, lambda name, heads: Latte(threshold=args.init_threshold, heads=heads, score=args.score,
-                                                         temperature=args.temperature, chunk_size=args.seq_len))
+                                                         temperature=args.temperature, chunk_size=args.seq_len,
+                                                         backend=args.backend))
     set_exact(model, True)
     ppl_exact, _ = eval_lm(model, eval_b, None)
     set_exact(model, False)
@@ -198,11 +205,29 @@ def run_lm(args) -> list[dict[str, float]]:
     rows = [{"lambda": float("nan"), "steps": 0, "kept_fraction": kept0, "ppl": ppl0, "ppl_exact": ppl_exact,
              "ppl_increase": ppl0 - ppl_exact, "theta_mean": args.init_threshold}]
     print(json.dumps(rows[-1]))
+    curve: list[dict[str, float]] = []
     for lam in args.lambdas:
         for n, m in methods.items():
             m.theta.data.copy_(init[n])
         t0 = time.time()
-        train(model, methods, train_b, _lm_loss, lam=lam, steps=args.steps, lr=args.lr)
+        if args.curve:
+            curve.append({"lambda": lam, "step": 0, "train_loss": float("nan"), "kept_fraction": kept0, "ppl": ppl0,
+                          "ppl_exact": ppl_exact, "ppl_increase": ppl0 - ppl_exact,
+                          "theta_mean": args.init_threshold, "train_s": 0.0})
+
+        def checkpoint(step: int, history: list[dict[str, float]], lam: float = lam, t0: float = t0) -> None:
+            if step not in args.eval_at:
+                return
+            ppl, kept = eval_lm(model, eval_b, methods)
+            since = [h["task_loss"] for h in history[len(history) - (step - curve[-1]["step"]):]]
+            curve.append({"lambda": lam, "step": step, "train_loss": sum(since) / len(since), "kept_fraction": kept,
+                          "ppl": ppl, "ppl_exact": ppl_exact, "ppl_increase": ppl - ppl_exact,
+                          "theta_mean": float(torch.cat([m.theta.detach() for m in methods.values()]).mean()),
+                          "train_s": time.time() - t0})
+            print(json.dumps(curve[-1]))
+
+        train(model, methods, train_b, _lm_loss, lam=lam, steps=args.steps, lr=args.lr,
+              on_step=checkpoint if args.curve else None)
         ppl, kept = eval_lm(model, eval_b, methods)
         out = Path(args.out_dir) / f"smollm2_lambda{lam:g}.pt"
         save_thresholds(methods, out)
@@ -211,8 +236,102 @@ def run_lm(args) -> list[dict[str, float]]:
                      "ppl_increase": ppl - ppl_exact, "theta_mean": theta_mean, "thresholds": str(out),
                      "train_s": time.time() - t0})
         print(json.dumps(rows[-1]))
-    write_table(rows, args, Path(args.table))
+        if args.curve:  # written after each lambda: a killed run keeps the finished ones
+            write_curve(curve, rows, args, Path(args.curve))
+    if args.table:
+        write_table(rows, args, Path(args.table))
     return rows
+
+
+def write_curve(curve: list[dict], final: list[dict], args, path: Path) -> list[Path]:
+    """The training curve: a CSV (one row per lambda and checkpoint), a markdown page (command,
+    settings, the curve, the plateau test of each lambda) and a figure (``figures/<stem>.png``
+    beside it): held-out perplexity increase and kept fraction vs step, and the trade-off.
+    A lambda has converged when its last two checkpoints differ by less than ``PLATEAU_KEPT`` in
+    kept fraction and ``PLATEAU_PPL`` (relative) in perplexity."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cols = list(curve[0])
+    with open(path.with_suffix(".csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        w.writerows(curve)
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)  # noqa: E731
+    lams = list(dict.fromkeys(r["lambda"] for r in curve))
+    lines = [
+        "# LATTE threshold training curve (SmolLM2-135M, held-out text)",
+        "",
+        "Command: `python -m runners.train_thresholds " + " ".join(args.argv) + "`",
+        "",
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items()) if k not in ("argv",)),
+        "",
+        f"Trained on {args.train_seqs} sequences of {args.seq_len} tokens; held-out: {args.eval_seqs} sequences of "
+        f"{args.eval_seq_len or args.seq_len} tokens from the modules not used for training; "
+        "kept_fraction: fraction of causally valid (query, key) pairs kept, mean over layers and held-out "
+        "sequences; train_loss: mean next-token loss of the training steps since the previous checkpoint; train_s: "
+        "seconds since the lambda's first step, evaluations included. "
+        "Every lambda starts from the same initial thresholds (step 0).",
+        "",
+        f"![training curve](figures/{path.stem}.png)",
+        "",
+        "## Convergence (last two checkpoints of each lambda)",
+        "",
+        f"Rule: converged when they differ by < {PLATEAU_KEPT} in kept fraction and < {PLATEAU_PPL:.0%} in perplexity.",
+        "",
+        "| lambda | steps | kept fraction | ppl | ppl increase | change in kept | relative change in ppl | converged |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for lam in lams:
+        c = [r for r in curve if r["lambda"] == lam]
+        if len(c) < 2:
+            continue
+        a, b = c[-2], c[-1]
+        dk, dp = b["kept_fraction"] - a["kept_fraction"], b["ppl"] / a["ppl"] - 1
+        ok = abs(dk) < PLATEAU_KEPT and abs(dp) < PLATEAU_PPL
+        lines.append(f"| {lam:g} | {b['step']} | {b['kept_fraction']:.4f} | {b['ppl']:.4g} | {b['ppl_increase']:.4g} | "
+                     f"{dk:+.4f} | {dp:+.2%} | {'yes' if ok else 'no'} |")
+    lines += ["", "## Curve", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in curve]
+    path.write_text("\n".join(lines) + "\n")
+    return [path, path.with_suffix(".csv"), *plot_curve(curve, path.parent / "figures", path.stem)]
+
+
+PLATEAU_KEPT = 0.005  # write_curve: converged when the kept fraction moves less than this ...
+PLATEAU_PPL = 0.01    # ... and the perplexity less than this fraction between the last two checkpoints
+PAPER_LM_POINT = (1 - 0.8991, 0.86)  # LATTE abstract: 89.91 % of keys filtered for +0.86 perplexity
+
+
+def plot_curve(curve: list[dict], out_dir: Path, stem: str) -> list[Path]:
+    """Three panels, one line per lambda: held-out perplexity increase vs step, kept fraction vs
+    step, and perplexity increase vs kept fraction (with the paper's language-model point)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    for lam in dict.fromkeys(r["lambda"] for r in curve):
+        c = [r for r in curve if r["lambda"] == lam]
+        steps = [r["step"] for r in c]
+        axes[0].plot(steps, [r["ppl_increase"] for r in c], marker="o", ms=3, label=f"λ = {lam:g}")
+        axes[1].plot(steps, [r["kept_fraction"] for r in c], marker="o", ms=3, label=f"λ = {lam:g}")
+        axes[2].plot([r["kept_fraction"] for r in c], [r["ppl_increase"] for r in c], marker="o", ms=3,
+                     label=f"λ = {lam:g}")
+    axes[2].plot(*PAPER_LM_POINT, marker="*", ms=14, color="black", ls="none", label="paper (10.1 % kept, +0.86)")
+    for ax, (x, y) in zip(axes, [("Adam steps", "held-out perplexity increase"), ("Adam steps", "kept fraction"),
+                                 ("kept fraction (held-out)", "held-out perplexity increase")]):
+        ax.set_xlabel(x)
+        ax.set_ylabel(y)
+        ax.grid(alpha=0.3)
+    axes[2].legend(fontsize=8)
+    fig.suptitle("LATTE head-wise thresholds on SmolLM2-135M: held-out perplexity and kept fraction during training")
+    fig.tight_layout()
+    path = out_dir / f"{stem}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,7 +386,7 @@ def run_vit(args) -> list[dict[str, float]]:
     model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs).eval()
     train_b, eval_b = vit_batches(model, args.data, args.batch_size, args.train_images, args.eval_images)
     methods = patch_timm(model, lambda name, heads: Latte(threshold=args.init_threshold, heads=heads, score=args.score,
-                                                          temperature=args.temperature))
+                                                          temperature=args.temperature, backend=args.backend))
     set_exact_timm(model, True)
     acc_exact, _ = eval_vit(model, eval_b, None)
     set_exact_timm(model, False)
@@ -337,12 +456,21 @@ def main(argv: Iterable[str] | None = None) -> list[dict[str, float]]:
         p.add_argument("--temperature", type=float, default=1.0)
         p.add_argument("--score", choices=["int8", "float"], default="int8")
         p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--backend", choices=["torch", "auto"], default="torch",
+                       help="LATTE's path in the held-out evaluations: torch (default: the differentiable path that "
+                            "training uses, so the evaluation measures what was trained) or auto (the method's "
+                            "fastest path for the device); training always runs the torch path")
         p.add_argument("--out-dir", default="results/latte_thresholds")
         if kind == "lm":
             p.add_argument("--seq-len", type=int, default=256)
             p.add_argument("--train-seqs", type=int, default=16)
             p.add_argument("--eval-seqs", type=int, default=8)
-            p.add_argument("--table", default="results/latte_smollm2_thresholds.md")
+            p.add_argument("--eval-seq-len", type=int, default=0, help="held-out sequence length (0: --seq-len)")
+            p.add_argument("--table", default=None,
+                           help="thresholds table (default results/latte_smollm2_thresholds.md; none with --curve)")
+            p.add_argument("--curve", default="", help="training-curve page (.md; .csv and figures/<stem>.png beside it)")
+            p.add_argument("--eval-at", type=int, nargs="+", default=[],
+                           help="with --curve: steps after which the held-out text is evaluated")
         else:
             p.add_argument("--model", required=True, help="timm model name")
             p.add_argument("--model-kwargs", default="", help="JSON kwargs for timm.create_model")
@@ -357,6 +485,12 @@ def main(argv: Iterable[str] | None = None) -> list[dict[str, float]]:
     args.argv = argv
     if args.steps < 1 or args.lr <= 0 or args.init_threshold < 0 or any(l < 0 for l in args.lambdas):
         ap.error("--steps must be >= 1, --lr > 0, --init-threshold >= 0 and every lambda >= 0.")
+    if args.kind == "lm":
+        if args.table is None and not args.curve:
+            args.table = "results/latte_smollm2_thresholds.md"
+        if args.curve and not args.eval_at:
+            ap.error("--curve needs --eval-at STEP [STEP ...].")
+        args.eval_at = sorted(set(args.eval_at) | ({args.steps} if args.curve else set()))
     torch.set_num_threads(max(1, min(torch.get_num_threads(), 2)))
     return run_lm(args) if args.kind == "lm" else run_vit(args)
 
