@@ -72,7 +72,12 @@ def knob_text(rows: pd.DataFrame) -> str:
     if "method.target" in cols and isinstance(first.get("method.target"), str):
         knobs = json.loads(first["method.knobs"]) if isinstance(first.get("method.knobs"), str) else {}
         return f"target={first['method.target']}" + "".join(f", {k}={v}" for k, v in knobs.items())
-    return ", ".join(f"{c[len('method.'):]}={first[c]}" for c in cols)
+    return ", ".join(f"{c[len('method.'):]}={_knob_value(first[c])}" for c in cols)
+
+
+def _knob_value(v: Any) -> Any:
+    """A knob as written in a config: whole floats (a column with gaps reads back as float) as ints."""
+    return int(v) if isinstance(v, float) and v.is_integer() else v
 
 
 def method_config(rows: pd.DataFrame, name: str) -> dict[str, Any]:
@@ -206,7 +211,10 @@ def markdown(name: str, pts: pd.DataFrame, checks: list | None, figure: str | No
     missing = [p for p in PART_ORDER if p not in set(pts["part"])]
     lines += ["## What it could not run, and why", ""]
     if len(bad) or missing:
-        lines += [f"- {r.part}: {str(r.error).splitlines()[0]}" for _, r in bad.iterrows()]
+        reasons: dict[str, list[str]] = {}  # one line per reason, naming the parts it stopped
+        for _, r in bad.iterrows():
+            reasons.setdefault(str(r.error).splitlines()[0], []).append(str(r.part))
+        lines += [f"- {', '.join(parts)}: {reason}" for reason, parts in reasons.items()]
         lines += [f"- {p}: no rows yet (`python run.py +experiment=card method={name} +card={p} hydra.mode=RUN`)"
                   for p in missing]
     else:
@@ -229,6 +237,7 @@ def figure(name: str, cards_dir: Path, out_dir: Path) -> list[Path]:
     if df.empty:
         return []
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     ns = sorted(int(n) for n in df["n"].dropna().unique())
     fig, axes = plt.subplots(1, len(ns), figsize=(5.2 * len(ns), 4.6), squeeze=False)
@@ -247,6 +256,8 @@ def figure(name: str, cards_dir: Path, out_dir: Path) -> list[Path]:
         ax.axvline(1.0, color="0.6", lw=0.8, ls=":")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}×"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("speed-up over exact SDPA (paired, > 1: faster)")
         ax.set_ylabel(f"relative Frobenius error (< {ERROR_FLOOR:g} drawn at {ERROR_FLOOR:g})")
         ax.set_title(f"n = {n:,} (filled: bidirectional, hollow: causal)", fontsize=9)

@@ -124,6 +124,7 @@ def figure(table: pd.DataFrame, out_dir: Path, subtitle: str) -> list[Path]:
     """Error vs latency, one panel per pair: the suite filled, the peer hollow, a line joining the
     two rows of one source × n (labelled g = gaussian, s = smollm2, with n)."""
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     pairs = [m for m in PAIRS if m in set(table["method"])]
     fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4.2), layout="constrained", squeeze=False)
@@ -145,6 +146,8 @@ def figure(table: pd.DataFrame, out_dir: Path, subtitle: str) -> list[Path]:
         ax.set_ylabel(plots.axis_label("rel_fro_error"))
         plots._style_axis(ax, "x", "latency_ms")
         plots._style_axis(ax, "y", "rel_fro_error")
+        ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%.2g"))  # the errors span less than a decade
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.grid(True, which="major", alpha=0.35)
         ax.grid(True, which="minor", alpha=0.12)
         ax.legend(loc="best", fontsize=7.5)
@@ -168,10 +171,13 @@ def report(results_dir: str | Path = "results", out_dir: str | Path | None = Non
     out = Path(out_dir) if out_dir is not None else Path(results_dir) / "reports" / EXPERIMENT
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "peers_table.csv", index=False)
-    (out / "peers_table.md").write_text(to_markdown(table))
     loads = pd.to_numeric(pd.concat([table["suite_load_avg_1m"], table["peer_load_avg_1m"]]), errors="coerce")
     device, commit = (next(iter(table[c].dropna()), "?") for c in ("device", "git_commit"))
     sub = f"{device}; load average {loads.min():.1f}–{loads.max():.1f} when the runs started; commit {commit}"
+    head = ("# peers: the suite's baselines beside the public packages' implementations\n\n"
+            f"{sub}. Made by `python run.py +experiment=peers logger=none` (needs `pip install -e '.[peers]'`) "
+            "then `python -m runners.peers_report --out-dir results`.\n\n")
+    (out / "peers_table.md").write_text(head + to_markdown(table))
     return [out / "peers_table.csv", out / "peers_table.md", *figure(table, out / "figures", sub)]
 
 
