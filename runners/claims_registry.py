@@ -87,8 +87,6 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         "smollm2_error", "smollm2_error_table.csv", "smollm2_error_table.md",
         ("python run.py +experiment=smollm2_error logger=none meter.min_samples=3 meter.max_run_s=60",
          _report("smollm2_error")), _report("smollm2_error"),
-        timing_note="the committed smollm2_error rows were taken at load average 5–10 with 1–3 samples per "
-                    "call (results/README.md): their latencies are not evidence",
         figures=("figures/smollm2_error_error_spec_vs_budget.png", "figures/smollm2_error_error_spec_vs_latency.png")),
     Experiment(
         "kv_compare", "kv_compare_kv_table.csv", "kv_compare_table.md",
@@ -317,8 +315,9 @@ def judge_wildcat_frontier(t: Tables) -> Outcome:
         hit = [frontier_dominates(wc, r["latency_ms"], r["error"]) for _, r in pts.iterrows()]
         (dom if all(hit) else partly if any(hit) else not_dom).append(m)
     rs = ", ".join(str(int(r)) for r in sorted(pd.to_numeric(knob(wc["knobs"], "r"), errors="coerce").dropna()))
-    measured = (f"WildCat's error–latency frontier (r = {rs}) dominates {', '.join(dom) or 'none'}; "
-                f"partly {', '.join(partly) or 'none'}; not {', '.join(not_dom) or 'none'} "
+    parts = [f"{label} {', '.join(ms)}" for label, ms in (
+        ("at every budget of", dom), ("at some budgets of", partly), ("at no budget of", not_dom)) if ms]
+    measured = (f"WildCat's error–latency frontier (r = {rs}) is at or below the points {'; '.join(parts)} "
                 f"({page_link('smollm2_error')}; {fig_links('smollm2_error')})")
     caveat = timing_caveat("smollm2_error", d.rename(columns={"latency_ms": "latency_ms_mean"}))
     if caveat:

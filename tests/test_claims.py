@@ -24,7 +24,7 @@ def verdict(claim_id, tmp_path, **tables):
 
 @pytest.fixture
 def timed_smollm2(monkeypatch):
-    """smollm2_error as if rerun idle (its committed rows carry a timing note)."""
+    """smollm2_error with no timing note (the verdict rests on the rows alone)."""
     exp = dataclasses.replace(reg.EXPERIMENTS["smollm2_error"], timing_note="")
     monkeypatch.setitem(reg.EXPERIMENTS, "smollm2_error", exp)
 
@@ -95,7 +95,9 @@ def test_wildcat_frontier(tmp_path, timed_smollm2):
     assert o.verdict == reg.FAILS
 
 
-def test_wildcat_frontier_with_loaded_timings_is_not_measured_yet(tmp_path):
+def test_wildcat_frontier_with_loaded_timings_is_not_measured_yet(tmp_path, monkeypatch):
+    exp = dataclasses.replace(reg.EXPERIMENTS["smollm2_error"], timing_note="rows taken at load 8: not evidence")
+    monkeypatch.setitem(reg.EXPERIMENTS, "smollm2_error", exp)
     worse = {"wildcat": (0.4, 0.3, 0.1), "performer": (1.0, 0.9, 0.8)}
     o = verdict("W2", tmp_path, smollm2_error=errors_table(worse))
     assert o.verdict == reg.MISSING and "not evidence" in o.part

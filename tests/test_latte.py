@@ -141,12 +141,16 @@ def test_bad_knobs_raise(knobs):
         methods.build({"name": "latte", **knobs})
 
 
-@pytest.fixture(params=["kernel", "ops"])
+@pytest.fixture(params=["kernel", "kernel-dense", "kernel-sparse", "ops"])
 def cpu_impl(request, monkeypatch):
-    """The cpu path with its compiled row kernel, and without it (PyTorch ops only)."""
-    if request.param == "kernel" and latte_mod._rows_kernel() is None:
+    """The cpu path with its compiled row kernel (tiles dense or sparse by their kept fraction, or all
+    of one kind), and without it (PyTorch ops only)."""
+    kernel = request.param.startswith("kernel")
+    if kernel and latte_mod._rows_kernel() is None:
         pytest.skip("the compiled row kernel cannot be built here (no C++ compiler)")
-    monkeypatch.setattr(latte_mod, "CPU_KERNEL", request.param == "kernel")
+    monkeypatch.setattr(latte_mod, "CPU_KERNEL", kernel)
+    if request.param != "kernel":
+        monkeypatch.setattr(latte_mod, "CPU_DENSE", {"kernel-dense": -1.0, "kernel-sparse": 2.0}.get(request.param, 0.2))
     return request.param
 
 
