@@ -141,7 +141,8 @@ def _int8_mm(a: Tensor, b: Tensor, out: Tensor) -> None:
 # matmul (at::_int_mm_out) into the thread's int32 buffer, then per query the row maximum and
 # ``_row_threshold``'s test in the same float operations (built without FMA contraction) and the kept
 # count. A sparse tile then takes, per query, the kept keys (a vector compare per 16 or 8 keys with
-# AVX-512 or AVX2), their scores ``dot(q, k)·mult``, softmax over them and their values' weighted sum; a
+# AVX-512 or AVX2), their scores ``dot(q, k)·mult`` (int8 dots for int8 scores: the same integers, a quarter
+# of the memory traffic), softmax over them and their values' weighted sum; a
 # dense one (kept fraction above ``CPU_DENSE``) the same softmax over a matmul of the whole tile.
 _ROWS_SRC = r"""
 #include <torch/extension.h>
@@ -199,15 +200,24 @@ inline int64_t kept_keys(const int32_t* h, int64_t kend, int32_t t32, int64_t* i
 }
 
 // One query row over its n kept keys idx: scores dot(q, k)·mult, softmax over them, values' weighted sum.
+// With int8 scores (qi, Ki not null) the dots are int8 products (exact, a quarter of the memory traffic).
 template <typename T>
-void sparse_row(const T* q, const T* Kb, const T* Vb, const int64_t* idx, int64_t n, T mg, T* o, T* s,
-                int64_t D, int64_t Dv) {
+void sparse_row(const T* q, const T* Kb, const int8_t* qi, const int8_t* Ki, const T* Vb, const int64_t* idx,
+                int64_t n, T mg, T* o, T* s, int64_t D, int64_t Dv) {
   T top_dot = -INFINITY;
   for (int64_t i = 0; i < n; ++i) {
-    const T* kk = Kb + idx[i] * D;
     T acc = 0;
+    if (qi != nullptr) {
+      const int8_t* kk = Ki + idx[i] * D;
+      int32_t iacc = 0;
+#pragma omp simd reduction(+ : iacc)
+      for (int64_t d = 0; d < D; ++d) iacc += int32_t(qi[d]) * int32_t(kk[d]);
+      acc = T(iacc);
+    } else {
+      const T* kk = Kb + idx[i] * D;
 #pragma omp simd reduction(+ : acc)
-    for (int64_t d = 0; d < D; ++d) acc += q[d] * kk[d];
+      for (int64_t d = 0; d < D; ++d) acc += q[d] * kk[d];
+    }
     s[i] = acc;
     top_dot = std::max(top_dot, acc);
   }
@@ -274,8 +284,10 @@ void dense_tile(const int32_t* hh, int64_t kend_all, const int32_t* t, int64_t r
 // Tiles of `block` queries of one head run in parallel, each with its own int32 buffer (cache-sized). A tile
 // whose kept pairs exceed `dense` of its valid pairs takes dense_tile, the others sparse_row per query.
 void latte_cpu(torch::Tensor q8, torch::Tensor k8, torch::Tensor qs, torch::Tensor ks, torch::Tensor vs,
+               torch::Tensor qi8, torch::Tensor ki8,
                torch::Tensor c, torch::Tensor th, torch::Tensor mult, torch::Tensor out, torch::Tensor kept,
                bool causal, int64_t lowest, int64_t block, double dense) {
+  const bool int8_scores = qi8.numel() > 0;  // qi8, ki8: the int8 q, k (empty: float scores)
   const int64_t BH = q8.size(0), Nq = q8.size(1), D = q8.size(2), Nk = k8.size(1), Dv = vs.size(2);
   const int64_t nb = (Nq + block - 1) / block;
   AT_DISPATCH_FLOATING_TYPES(qs.scalar_type(), "latte_cpu", [&] {
@@ -283,6 +295,8 @@ void latte_cpu(torch::Tensor q8, torch::Tensor k8, torch::Tensor qs, torch::Tens
     const scalar_t* V = vs.data_ptr<scalar_t>(); const scalar_t* C = c.data_ptr<scalar_t>();
     const scalar_t* TH = th.data_ptr<scalar_t>(); const scalar_t* M = mult.data_ptr<scalar_t>();
     scalar_t* O = out.data_ptr<scalar_t>(); int64_t* KEPT = kept.data_ptr<int64_t>();
+    const int8_t* QI = int8_scores ? qi8.data_ptr<int8_t>() : nullptr;
+    const int8_t* KI = int8_scores ? ki8.data_ptr<int8_t>() : nullptr;
     at::parallel_for(0, BH * nb, 1, [&](int64_t begin, int64_t end) {
       std::vector<int64_t> idx(Nk);
       std::vector<scalar_t> s(Nk);
@@ -316,7 +330,9 @@ void latte_cpu(torch::Tensor q8, torch::Tensor k8, torch::Tensor qs, torch::Tens
           for (int64_t i = 0; i < R; ++i) {
             const int64_t kend = causal ? r0 + i + 1 : Nk;
             const int64_t n = kept_keys(H + i * kend_all, kend, t[i], idx.data());
-            sparse_row<scalar_t>(Q + (bh * Nq + r0 + i) * D, Kb, Vb, idx.data(), n, M[bh],
+            sparse_row<scalar_t>(Q + (bh * Nq + r0 + i) * D, Kb,
+                                 int8_scores ? QI + (bh * Nq + r0 + i) * D : nullptr,
+                                 int8_scores ? KI + bh * Nk * D : nullptr, Vb, idx.data(), n, M[bh],
                                  O + (bh * Nq + r0 + i) * Dv, s.data(), D, Dv);
           }
         }
@@ -633,7 +649,12 @@ class Latte(AttentionMethod):
             self._cpu_tile_ops(q8, k8, qs, ks, vs, c_bh, th, mult, out, kept, qb, causal=causal, lowest=lowest)
         else:
             kept_rows = torch.empty(BH, Nq, dtype=torch.int64)
-            kernel.latte_cpu(q8, k8, qs, ks, vs, c_bh, th, mult, out, kept_rows, causal, lowest, qb, CPU_DENSE)
+            if self.score == "int8":  # the row kernel's sparse dots in int8 (exact, less memory traffic)
+                qi8, ki8 = (x.reshape(BH, -1, D).to(torch.int8).contiguous() for x in (q_int, k_int))
+            else:
+                qi8 = ki8 = torch.empty(0, dtype=torch.int8)
+            kernel.latte_cpu(q8, k8, qs, ks, vs, qi8, ki8, c_bh, th, mult, out, kept_rows, causal, lowest, qb,
+                             CPU_DENSE)
             kept = kept_rows.sum(1)
         valid = torch.full((BH,), Nq * (Nq + 1) / 2 if causal else Nq * Nk, dtype=torch.float64)
         self._soft_kept = None
