@@ -633,8 +633,8 @@ class Latte(AttentionMethod):
         """
         B, H, Nq, D = q.shape
         Nk, Dv, BH = k.shape[2], v.shape[-1], B * H
-        q8 = (q_int.reshape(BH, Nq, D).to(torch.int8) >> 4).contiguous()  # q_hi = floor(q_int / 16), exactly
-        k8 = (k_int.reshape(BH, Nk, D).to(torch.int8) >> 4).contiguous()
+        qi8, ki8 = (x.reshape(BH, -1, D).to(torch.int8).contiguous() for x in (q_int, k_int))  # exact: |x| <= 127
+        q8, k8 = (x >> 4 for x in (qi8, ki8))  # q_hi = floor(q_int / 16), exactly
         qs, ks = (q_int, k_int) if self.score == "int8" else (q, k)
         qs, ks, vs = (x.reshape(BH, -1, x.shape[-1]).contiguous() for x in (qs, ks, v))  # one copy at most
         mult = c.reshape(BH) if self.score == "int8" else torch.full((BH,), scale, dtype=q.dtype)
@@ -649,9 +649,7 @@ class Latte(AttentionMethod):
             self._cpu_tile_ops(q8, k8, qs, ks, vs, c_bh, th, mult, out, kept, qb, causal=causal, lowest=lowest)
         else:
             kept_rows = torch.empty(BH, Nq, dtype=torch.int64)
-            if self.score == "int8":  # the row kernel's sparse dots in int8 (exact, less memory traffic)
-                qi8, ki8 = (x.reshape(BH, -1, D).to(torch.int8).contiguous() for x in (q_int, k_int))
-            else:
+            if self.score != "int8":  # int8 scores: the row kernel's sparse dots in int8 (exact, less traffic)
                 qi8 = ki8 = torch.empty(0, dtype=torch.int8)
             kernel.latte_cpu(q8, k8, qs, ks, vs, qi8, ki8, c_bh, th, mult, out, kept_rows, causal, lowest, qb,
                              CPU_DENSE)

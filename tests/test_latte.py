@@ -149,8 +149,9 @@ def cpu_impl(request, monkeypatch):
     if kernel and latte_mod._rows_kernel() is None:
         pytest.skip("the compiled row kernel cannot be built here (no C++ compiler)")
     monkeypatch.setattr(latte_mod, "CPU_KERNEL", kernel)
-    if request.param != "kernel":
-        monkeypatch.setattr(latte_mod, "CPU_DENSE", {"kernel-dense": -1.0, "kernel-sparse": 2.0}.get(request.param, 0.2))
+    forced = {"kernel-dense": -1.0, "kernel-sparse": 2.0}  # CPU_DENSE below / above every tile's kept fraction
+    if request.param in forced:
+        monkeypatch.setattr(latte_mod, "CPU_DENSE", forced[request.param])
     return request.param
 
 
