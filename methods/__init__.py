@@ -8,13 +8,17 @@ for an import target that is not installed as a plugin.
 """
 from __future__ import annotations
 
+if __name__ != "attnbench.methods":  # one name per module: never imported as a bare top-level `methods`
+    raise ImportError(f"import attnbench.methods, not {__name__} (in a clone: `pip install -e .`, then "
+                      "`attnbench COMMAND` or `python -m attnbench.methods.MODULE`).")
+
 import inspect
 from typing import Any, Mapping
 
-from core.registry import Registry, load_target
+from attnbench.core.registry import Registry, load_target
 
-from .base import AttentionMethod
-from .plugins import ENTRY_POINT_GROUP, as_method, target_label
+from attnbench.methods.base import AttentionMethod
+from attnbench.methods.plugins import ENTRY_POINT_GROUP, as_method, target_label
 
 REGISTRY: Registry = Registry("method", __name__, skip=("base", "plugins"), entry_points=ENTRY_POINT_GROUP,
                               adapt=as_method)

@@ -88,8 +88,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import register
-from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
+from attnbench.methods import register
+from attnbench.methods.base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
 
 EntryFn = Callable[[Tensor, Tensor], Tensor]
 FALLBACKS = ("none", "even")

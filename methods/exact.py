@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import register
-from .base import AttentionMethod
+from attnbench.methods import register
+from attnbench.methods.base import AttentionMethod
 
 
 @register("exact")

@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import register
-from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, score_groups
+from attnbench.methods import register
+from attnbench.methods.base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, score_groups
 
 
 

@@ -46,8 +46,8 @@ import math
 import torch
 from torch import Tensor
 
-from . import register
-from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, score_groups
+from attnbench.methods import register
+from attnbench.methods.base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, score_groups
 
 _POWER_SQUARINGS = 5  # 2**5 = 32 power iterations, as vit_models/kdeformer.py
 
@@ -194,7 +194,7 @@ class KDEformer(AttentionMethod):
             self.backend == "auto" and q.is_cuda and q.dtype != torch.float64
         )
         if use_triton:
-            from .kernels.kdeformer import kdeformer_attention
+            from attnbench.methods.kernels.kdeformer import kdeformer_attention
 
             return kdeformer_attention(q, k, v, plan, scale)
         if q.dtype in (torch.float16, torch.bfloat16):

@@ -80,8 +80,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from . import register
-from .base import AttentionMethod, check_positive_int, score_groups
+from attnbench.methods import register
+from attnbench.methods.base import AttentionMethod, check_positive_int, score_groups
 
 SCORES = ("int8", "float")
 BACKENDS = ("auto", "torch", "cpu", "triton")
@@ -548,7 +548,7 @@ class Latte(AttentionMethod):
         q_hi, q_lo = split_hi_lo(q_int)
         k_hi, k_lo = split_hi_lo(k_int)
         if path == "triton":
-            from .kernels.latte import latte_attention_triton
+            from attnbench.methods.kernels.latte import latte_attention_triton
 
             out, kept_rows, valid_rows, blocks = latte_attention_triton(
                 q, k, v, q_hi, q_lo, k_hi, k_lo, k_int, c, theta.detach(), causal=causal, score=self.score, scale=scale

@@ -34,8 +34,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import register
-from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
+from attnbench.methods import register
+from attnbench.methods.base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
 
 
 

@@ -32,8 +32,8 @@ import math
 import torch
 from torch import Tensor
 
-from . import register
-from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int
+from attnbench.methods import register
+from attnbench.methods.base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int
 
 FEATURE_TILE_ELEMS = SCORE_TILE_ELEMS // 2  # feature entries per row chunk (bidirectional path)
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from .base import AttentionMethod
+from attnbench.methods.base import AttentionMethod
 
 ENTRY_POINT_GROUP = "attnbench.methods"
 # arguments of SDPA that the method call itself supplies (never knobs)

@@ -67,8 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import register
-from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
+from attnbench.methods import register
+from attnbench.methods.base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
 
 SELF_ATTN_VALUE = -5e4  # score of a token with itself in shared-QK mode (as in the reference)
 

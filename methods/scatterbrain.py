@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import register
-from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
-from .performer import draw_orthogonal_features
+from attnbench.methods import register
+from attnbench.methods.base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, resolve_budget
+from attnbench.methods.performer import draw_orthogonal_features
 
 LR_CLAMP = 1e-24  # floor of the low-rank part of the normaliser (as in the reference)
 

@@ -39,8 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import register
-from .base import AttentionMethod
+from attnbench.methods import register
+from attnbench.methods.base import AttentionMethod
 
 
 def _largest_power_of_four_log(n: int) -> int:

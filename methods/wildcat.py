@@ -65,9 +65,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from . import register
-from .base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, check_scale, resolve_budget
-from .rpcholesky import RHO, TEMPERATURE_RULES, compress_bins, compress_sequence
+from attnbench.methods import register
+from attnbench.methods.base import SCORE_TILE_ELEMS, AttentionMethod, check_positive_int, check_scale, resolve_budget
+from attnbench.methods.rpcholesky import RHO, TEMPERATURE_RULES, compress_bins, compress_sequence
 
 DENOM_EPS = 1e-20  # official threshold below which the output is set to 0
 
@@ -107,7 +107,7 @@ def _use_triton(t: Tensor) -> bool:
     if t.device.type != "cuda" or t.dtype == torch.float64:
         return False
     try:
-        from .kernels import wildcat as _k  # noqa: F401
+        from attnbench.methods.kernels import wildcat as _k  # noqa: F401
     except Exception:  # pragma: no cover - triton missing on a CUDA machine
         return False
     return True
@@ -136,7 +136,7 @@ def wildcat_attention(
     if use_triton is None:
         use_triton = _use_triton(q)
     if use_triton:
-        from .kernels.wildcat import weighted_attention_triton
+        from attnbench.methods.kernels.wildcat import weighted_attention_triton
 
         out = weighted_attention_triton(q, ks, vs, w, scale, vmin, vmax)
     else:

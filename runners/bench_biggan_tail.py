@@ -1,6 +1,6 @@
 """Benchmark (not a test): latency spread of the attention layer in tiny BigGAN, per method and seed.
 
-``python -m runners.bench_biggan_tail [--seeds 0 1 2 3 4] [--methods wildcat exact kdeformer]
+``attnbench bench_biggan_tail [--seeds 0 1 2 3 4] [--methods wildcat exact kdeformer]
 [--meter default]`` runs ``python run.py method=M task=biggan task.model=tiny seed=S`` for every
 pair (rows in a temporary folder, no logger) and prints the attention layer's median, p10 and p90
 latency (ms) and p90/p10 for each, then each method's worst p90/p10 (issue #28 asks ≤ 1.5 for

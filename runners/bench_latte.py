@@ -1,6 +1,6 @@
 """Benchmark (not a test): LATTE on the CPU against exact causal SDPA, on captured SmolLM2 q, k, v.
 
-``python -m runners.bench_latte [--n 2048 8192] [--layers 10] [--thresholds-path FILE]
+``attnbench bench_latte [--n 2048 8192] [--layers 10] [--thresholds-path FILE]
 [--backends cpu] [--meter default] [--threads N]`` prints, per n, layer and LATTE backend: the
 kept fraction, both medians with p10–p90, the paired speed-up (exact / LATTE, ``Meter.compare``:
 samples interleaved, 95 % bootstrap interval), the peak memory of both (``Meter``'s CPU
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-import methods
-from core.measure import meter_from_config
-from tasks.datasets.sources import make_qkv
+from attnbench import methods
+from attnbench.core.measure import meter_from_config
+from attnbench.tasks.datasets.sources import make_qkv
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 """Benchmark (not a test): the Meter's overhead against a bare timing loop, and exact vs exact.
 
-``python -m runners.bench_meter [--n 1024] [--rounds 5]`` prints, for exact SDPA at n (8 heads,
+``attnbench bench_meter [--n 1024] [--rounds 5]`` prints, for exact SDPA at n (8 heads,
 d=64, fp32): the median of a bare ``perf_counter`` loop, the Meter's median for the same call,
 their ratio per round (interleaved rounds), and ``Meter.compare(exact, exact)``'s speed-up with its
 95 % interval (which should contain 1). Check ``uptime`` first: run it on an idle machine.
@@ -15,7 +15,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from core.measure import Meter
+from attnbench.core.measure import Meter
 
 
 def bare_median_ms(fn, calls: int) -> float:

@@ -1,4 +1,4 @@
-"""Method cards: ``python -m runners.report --card NAME`` (a view of the ``+experiment=card`` rows).
+"""Method cards: ``attnbench report --card NAME`` (a view of the ``+experiment=card`` rows).
 
 Writes ``results/cards/NAME.md`` (what the method is, its conformance check, the tables of each
 card part, its latency and memory slopes, and what it could not run and why), ``NAME.csv`` (one
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runners import plots
-from runners.collect import load_rows
+from attnbench.runners import plots
+from attnbench.runners.collect import load_rows
 
 EXPERIMENT = "card"
 ERROR_FLOOR = 1e-6  # the figure's smallest error (exact attention's error is 0)
@@ -163,10 +163,10 @@ def markdown(name: str, pts: pd.DataFrame, checks: list | None, figure: str | No
               f"- measured: {', '.join(sorted(set(pts['device'].dropna().astype(str))))}, commit {', '.join(commits) or '?'}, "
               f"{str(pts['finished_at'].dropna().min())[:16]} – {str(pts['finished_at'].dropna().max())[:16]} UTC, {load}",
               "- made by: `python run.py +experiment=card method=" + name + " logger=none quiet=true` then "
-              f"`python -m runners.report --card {name}`; speed-ups are paired with exact SDPA in the same process "
+              f"`attnbench report --card {name}`; speed-ups are paired with exact SDPA in the same process "
               "(95 % bootstrap intervals).", ""]
     if checks is not None:
-        lines += ["## Conformance (`python -m runners.check`)", ""]
+        lines += ["## Conformance (`attnbench check`)", ""]
         lines += _table(["check", "result", "detail"], [[c.check, c.status, c.detail.replace("|", "/")] for c in checks])
         lines.append("")
     sm = ok[ok["part"].astype(str).str.startswith("smollm2")]
@@ -290,7 +290,7 @@ def write_card(name: str, results_dir: str | Path = "results", out_dir: str | Pa
     written = [csv, *figure(name, out, out)]
     checks = None
     if check:
-        from runners.check import run_checks
+        from attnbench.runners.check import run_checks
 
         checks = run_checks(method_config(card_rows(df, name, preset), name))
     md = out / f"{name}.md"

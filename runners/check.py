@@ -1,8 +1,8 @@
 """Conformance check for any attention method, built-in or plugin: the checks the suite's own
 conformance tests apply (``tests/test_conformance.py`` calls the same functions).
 
-    python -m runners.check method=<name> [method.<knob>=...] [preset=<p>] [--n 256]
-    python -m runners.check method=target method.target=my_pkg.attention:MyAttention
+    attnbench check method=<name> [method.<knob>=...] [preset=<p>] [--n 256]
+    attnbench check method=target method.target=my_pkg.attention:MyAttention
 
 prints one line per check (pass / fail / skip, with the reason of each failure or skip) and exits
 0 only when none fails. The arguments are Hydra overrides of ``conf/config.yaml``, so a plugin's
@@ -22,9 +22,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-import methods
-from methods.base import AttentionMethod
-from methods.exact import dense_attention
+from attnbench import methods
+from attnbench.methods.base import AttentionMethod
+from attnbench.methods.exact import dense_attention
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -300,7 +300,7 @@ def compose_method(overrides: list[str]) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from core.knobs import CONF_DIR
+    from attnbench.core.knobs import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None, job_name="check"):
         cfg = compose(config_name="config", overrides=overrides)

@@ -1,7 +1,7 @@
 """Paper claims, checked: each headline claim of the seed papers gets a verdict from the committed tables.
 
-``python -m runners.claims [--results-dir results] [--run] [--check]`` reads the tables that
-``python -m runners.report ... --out-dir results --force`` (and ``runners.train_thresholds --curve``)
+``attnbench claims [--results-dir results] [--run] [--check]`` reads the tables that
+``attnbench report ... --out-dir results --force`` (and ``runners.train_thresholds --curve``)
 committed under ``results/``, applies each claim's rule (``runners/claims_registry.py``) and writes
 
 - ``results/claims.md``: claim | paper's number | measured here | settings that differ | verdict, the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from runners.claims_registry import (ASSETS, CLAIMS, EXPERIMENTS, FAILS, HOLDS, MISSING, PARTLY, VERDICTS, Claim,
+from attnbench.runners.claims_registry import (ASSETS, CLAIMS, EXPERIMENTS, FAILS, HOLDS, MISSING, PARTLY, VERDICTS, Claim,
                                      Outcome, commands_text, conv_knob_summary, fmt, knob)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +68,7 @@ def render_claims(results_dir: str | Path) -> str:
     lines = [
         "# Paper claims, checked",
         "",
-        "Written by `python -m runners.claims` from the committed tables under `results/` (nothing is rerun; "
+        "Written by `attnbench claims` from the committed tables under `results/` (nothing is rerun; "
         "`--run` first makes the tables that are missing and need no external assets). Each headline claim of "
         "the four seed papers (paraphrased, with where it stands in the paper), the paper's number, what the "
         "committed rows measure here (linked), the settings that differ from the paper's, and the verdict: "
@@ -117,7 +117,7 @@ def render_conv_knobs(table: pd.DataFrame) -> tuple[str, pd.DataFrame]:
     lines = [
         "# Conv-Basis knobs on SmolLM2 attention: the best error per k",
         "",
-        "Commands: " + "; then ".join(f"`{c}`" for c in exp.commands) + "; then `python -m runners.claims` "
+        "Commands: " + "; then ".join(f"`{c}`" for c in exp.commands) + "; then `attnbench claims` "
         "(writes this page and its CSV from `conv_basis_knobs_table.csv`).",
         "",
         f"Captured SmolLM2-135M q/k/v, causal, n = 2,048, 9 heads, d = 64, the model's scale, fp32 inputs with "
@@ -174,7 +174,7 @@ def write_pages(results_dir: str | Path, *, check: bool = False) -> list[Path]:
 
 def run_missing(results_dir: str | Path, *, dry: bool = False) -> list[str]:
     """Make the missing tables that need no external assets; returns the commands (run unless ``dry``)."""
-    from runners.collect import load_rows
+    from attnbench.runners.collect import load_rows
 
     results_dir = Path(results_dir)
     todo = sorted({e for c in CLAIMS for e in missing_tables(c, results_dir) if not EXPERIMENTS[e].assets})
@@ -194,7 +194,7 @@ def run_missing(results_dir: str | Path, *, dry: bool = False) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runners.claims", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="attnbench claims", description=__doc__.splitlines()[0])
     ap.add_argument("--results-dir", default="results", help="folder holding the committed tables (default: results)")
     ap.add_argument("--run", action="store_true", help="first make the missing tables that need no external assets")
     ap.add_argument("--dry-run", action="store_true", help="with --run: print the commands only")

@@ -7,7 +7,7 @@ commands listed with the experiment), the row filters, the rule (printed beside 
 settings that differ from the paper's. An experiment that needs something this machine lacks (weights,
 data, a CUDA device) lists those ``assets``: while its table is missing the claim's verdict is *needs
 assets* with the commands to run once they exist; a missing table without such assets is *not
-measured yet*, with the commands that make it (``python -m runners.claims --run`` runs them).
+measured yet*, with the commands that make it (``attnbench claims --run`` runs them).
 
 Rules are plain functions of the tables (``pandas.DataFrame`` per experiment) returning an
 ``Outcome``: the verdict, what was measured (markdown, with links), and, for *holds partly*, which
@@ -75,7 +75,7 @@ class Claim:
 
 
 def _report(name: str, grid: bool = True) -> str:
-    return f"python -m runners.report --experiment {name}{'' if grid else ' --no-grid'} --out-dir results --force"
+    return f"attnbench report --experiment {name}{'' if grid else ' --no-grid'} --out-dir results --force"
 
 
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
@@ -99,7 +99,7 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                 "the Xnhyacinth/LongBench dataset (LongBench-E) in the local Hugging Face cache")),
     Experiment(
         "biggan", "biggan_table.csv", "biggan_table.md",
-        ("python -m tasks.metrics.fid stats /path/imagenet/val results/imagenet_val_128_dn.npz --resize 128 "
+        ("python -m attnbench.tasks.metrics.fid stats /path/imagenet/val results/imagenet_val_128_dn.npz --resize 128 "
          "--double-normalize",
          "python run.py +experiment=biggan device=cuda task.fid_stats=results/imagenet_val_128_dn.npz "
          "task.weights=/path/biggan-deep-512 task.is_weights=/path/inception_v3_google-0cc3c7bd.pth", _report("biggan")),
@@ -132,13 +132,13 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         _report("conv_basis_knobs")),
     Experiment(
         "latte_training_curve", "latte_training_curve.csv", "latte_training_curve.md",
-        ("python -m runners.train_thresholds lm --lambdas 0.5 2 8 --steps 240 --eval-at 10 20 40 80 120 160 200 240 "
+        ("attnbench train_thresholds lm --lambdas 0.5 2 8 --steps 240 --eval-at 10 20 40 80 120 160 200 240 "
          "--lr 0.2 --seq-len 256 --train-seqs 64 --eval-seq-len 1024 --eval-seqs 4 "
          "--out-dir results/latte_thresholds/curve --curve results/latte_training_curve.md",),
         figures=("figures/latte_training_curve.png",)),
     Experiment(
         "latte_vit", "latte_vit_thresholds.csv", "latte_vit_thresholds.md",
-        ("python -m runners.train_thresholds vit --model deit_small_patch16_224 "
+        ("attnbench train_thresholds vit --model deit_small_patch16_224 "
          "--model-kwargs '{\"checkpoint_path\": \"/path/deit_small_patch16_224.pth\"}' --data /path/imagenet/val "
          "--lambdas 0.5 2 8 --steps 240 --eval-images 5000 --table results/latte_vit_thresholds.md",),
         assets=("ImageNet images as an ImageFolder (--data)", "pretrained ViT / DeiT weights (--model-kwargs "

@@ -1,6 +1,6 @@
 """Gather every run's rows under ``results/runs`` into one pandas table.
 
-``python -m runners.collect [--results-dir results]`` prints one line per row (key columns) and
+``attnbench collect [--results-dir results]`` prints one line per row (key columns) and
 writes ``results/table.csv`` and ``results/table.parquet``.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pandas as pd
 
 import warnings
 
-from core.schema import CONTRACT_COLUMNS, KEY_COLUMNS
+from attnbench.core.schema import CONTRACT_COLUMNS, KEY_COLUMNS
 
 
 def load_rows(results_dir: str | Path = "results") -> pd.DataFrame:

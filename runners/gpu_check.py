@@ -1,4 +1,4 @@
-"""The GPU check in one command: ``python -m runners.gpu_check [--out-dir results/gpu] [--quick]``.
+"""The GPU check in one command: ``attnbench gpu_check [--out-dir results/gpu] [--quick]``.
 
 Without CUDA it prints one line and exits 0 (the ``cuda`` tests are skipped on such a machine).
 With CUDA it runs these steps, each a subprocess with a timeout; a step that fails or times out
@@ -15,7 +15,7 @@ does not stop the later ones, and the folder ``<out-dir>/<gpu name>/`` (e.g.
    rows it finished; a rerun into the same folder skips the finished runs). A sweep exits 0 past
    failed runs (their rows say ``status=error``), so its step is ``partial`` when some rows are
    errors (e.g. out of memory at 128k) and ``failed`` when none is ok.
-3. ``report_scaling``, ``report_scaling_causal``: ``python -m runners.report`` for each experiment:
+3. ``report_scaling``, ``report_scaling_causal``: ``attnbench report`` for each experiment:
    ``<experiment>_table.md|csv`` and ``figures/`` in the same folder.
 
 Also written: ``versions.json`` (GPU name, capability, memory, driver, torch, triton, CUDA, cuDNN,
@@ -169,7 +169,7 @@ def steps(out: Path, *, quick: bool = False, tests_timeout_s: float = TESTS_TIME
     sweeps = [Step(e, f"sweep {e} (bf16, {HEADS} heads, n = {ns})", [py, "run.py", *sweep_overrides(e, out, quick)],
                    sweep_timeout_s) for e in EXPERIMENTS]
     reports = [Step(f"report_{e}", f"report {e} (tables, figures)",
-                    [py, "-m", "runners.report", "--experiment", e, "--results-dir", str(out), "--out-dir", str(out),
+                    [py, "-m", "attnbench.runners.report", "--experiment", e, "--results-dir", str(out), "--out-dir", str(out),
                      *report_flags()], report_timeout_s) for e in EXPERIMENTS]
     return [tests, *sweeps, *reports]
 
@@ -321,7 +321,7 @@ def readme(info: dict, plan: list[Step], results: list[Result], *, quick: bool, 
     lines = [
         f"# GPU check: {info.get('gpu', 'unknown GPU')}",
         "",
-        f"`python -m runners.gpu_check{' --quick' if quick else ''}`, started {started}, "
+        f"`attnbench gpu_check{' --quick' if quick else ''}`, started {started}, "
         f"commit `{commit[:12]}`{dirty}.",
         f"torch {info.get('torch')}, triton {info.get('triton')}, CUDA {info.get('cuda')}, "
         f"driver {info.get('driver')}; compute capability {info.get('capability')}, "
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None, *, runner: Callable[[Step, Path], Result
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     info = device_info()
     given = sys.argv[1:] if argv is None else argv
-    info.update(started=started, command=" ".join(["python -m runners.gpu_check", *given]))
+    info.update(started=started, command=" ".join(["attnbench gpu_check", *given]))
     out = (Path(args.out_dir) / slug(info["gpu"])).resolve()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "kernel_tests.xml").unlink(missing_ok=True)  # a stale one would be read as this run's

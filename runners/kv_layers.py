@@ -19,8 +19,8 @@ beats the best kvpress press (that press elsewhere), and each layer's lowest-err
 layers are chosen on ppl windows ``--window-offset`` … (default 3..5), disjoint from kv_compare's
 windows 0..2 on which the mixes are scored.
 
-    python -m runners.kv_layers --out-dir results          # ~30-40 min on 1 CPU thread
-    python -m runners.kv_layers --ratios 0.5 --windows 1 --context 512 --cont 64 --no-mix --out-dir /tmp/x
+    attnbench kv_layers --out-dir results          # ~30-40 min on 1 CPU thread
+    attnbench kv_layers --ratios 0.5 --windows 1 --context 512 --cont 64 --no-mix --out-dir /tmp/x
 
 Writes ``kv_layers.csv`` (press, ratio, layer, errors), ``kv_layers_mix.csv`` (mixed presses' ppl
 and recall rows), ``kv_layers.md`` and ``figures/kv_layers_error.png|pdf``.
@@ -37,8 +37,8 @@ from typing import Any
 import pandas as pd
 import torch
 
-import methods
-from core.measure import Meter
+from attnbench import methods
+from attnbench.core.measure import Meter
 
 PRESSES = ("method", "uniform", "snapkv", "streaming_llm", "knorm", "expected_attention", "tova")
 LABELS = {"method": "WildCat", "uniform": "Uniform", "snapkv": "SnapKV", "streaming_llm": "StreamingLLM",
@@ -49,7 +49,7 @@ CAPTURE_ATTN = "attnbench_capture"
 
 def task_for(model, tok, press: str, ratio: float, args, dataset: str = "ppl", press_kwargs: dict | None = None):
     """A kv_cache task with kv_compare's settings (``conf/experiment/kv_compare.yaml``)."""
-    from tasks.kv_cache import KVCacheTask
+    from attnbench.tasks.kv_cache import KVCacheTask
 
     cfg = dict(name="kv_cache", model="smollm2", dataset=dataset, press=press, compression_ratio=ratio,
                ratio_of="all", context_length=args.context, ppl_tokens=args.cont,
@@ -68,7 +68,7 @@ def wildcat(seed: int):
 def _recording(fn, got: dict[int, tuple], t: int, keep_qkv: bool) -> str:
     """Register, as the attention function ``attnbench_capture``, ``fn`` that also records per layer
     the last ``t`` queries' output (B, t, H, D), and with ``keep_qkv`` their queries, keys, values."""
-    from tasks.adapters.hf import register_function
+    from attnbench.tasks.adapters.hf import register_function
 
     def rec(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kw):
         out, w = fn(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw)
@@ -87,7 +87,7 @@ def capture(model, ctx: torch.Tensor, cont: torch.Tensor) -> dict[int, tuple]:
     for them (B, T, H, D)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from tasks.adapters.presses import WEIGHTED_ATTN
+    from attnbench.tasks.adapters.presses import WEIGHTED_ATTN
 
     got: dict[int, tuple] = {}
     model.set_attn_implementation(_recording(sdpa_attention_forward, got, cont.shape[1], True))
@@ -103,7 +103,7 @@ def insitu_errors(model, task, cache, n: int, cont: torch.Tensor, got: dict[int,
     """Per layer: (‖ΔO‖², ‖O‖²) of the attention output when the continuation is decoded over a copy
     of the compressed ``cache`` by the model itself (errors of the layers below carried in), against
     the untouched model's."""
-    from tasks.adapters.presses import WEIGHTED_ATTN, weighted_attention
+    from attnbench.tasks.adapters.presses import WEIGHTED_ATTN, weighted_attention
 
     out: dict[int, tuple] = {}
     fork = task.fork_cache(cache)  # the clamp of weighted layers follows the copy
@@ -122,7 +122,7 @@ def insitu_errors(model, task, cache, n: int, cont: torch.Tensor, got: dict[int,
 def layer_errors(model, cache, got: dict[int, tuple]) -> list[tuple[float, float, float, float]]:
     """Per layer: (‖ΔO‖², ‖O‖², ‖W_o ΔO‖², ‖W_o O‖²) of the continuation's attention over the
     compressed ``cache`` (extended by the continuation's keys and values, as decoding does)."""
-    from tasks.adapters.presses import weighted_attention
+    from attnbench.tasks.adapters.presses import weighted_attention
 
     res = []
     for i, layer_mod in enumerate(model.model.layers):
@@ -162,7 +162,7 @@ def norm_ratios(model, task, windows, captured) -> list[float]:
 
 def per_layer(model, tok, args) -> pd.DataFrame:
     """The per-layer errors of every press at every ratio (windows ``window_offset`` …)."""
-    from tasks.datasets.needle import filler_ids
+    from attnbench.tasks.datasets.needle import filler_ids
 
     base = task_for(model, tok, "none", 0.0, args)
     filler = filler_ids(tok, (args.context + args.cont) * (args.window_offset + args.windows))  # as the ppl rows'
@@ -236,7 +236,7 @@ def run_mixes(model, tok, df: pd.DataFrame, args) -> pd.DataFrame:
 
 def figure(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     """attn_error vs layer, one panel per ratio: WildCat, uniform, the best kvpress press."""
-    from runners import plots
+    from attnbench.runners import plots
 
     ratios = sorted(df["compression_ratio"].unique())
     fig, axes = plots.plt.subplots(2, len(ratios), figsize=(5.2 * len(ratios), 7.6), layout="constrained",
@@ -268,10 +268,10 @@ def _corr(piv: pd.DataFrame, ratio: float, df: pd.DataFrame) -> float:
 
 
 def markdown(df: pd.DataFrame, mix: pd.DataFrame | None, args, wall_s: float) -> str:
-    from runners.report import to_markdown_plain
+    from attnbench.runners.report import to_markdown_plain
 
     lines = ["# Per-layer picture of KV-cache presses (SmolLM2-135M, equal kept tokens)", "",
-             f"Command: `python -m runners.kv_layers {' '.join(args.argv)}` ({wall_s / 60:.0f} min). "
+             f"Command: `attnbench kv_layers {' '.join(args.argv)}` ({wall_s / 60:.0f} min). "
              f"Context {args.context} tokens, continuation {args.cont} tokens, ppl windows "
              f"{args.window_offset}..{args.window_offset + args.windows - 1} of the local text (kv_compare scores "
              f"windows 0..2), fp32, seed {args.seed}. Error = ‖O_press − O‖_F / ‖O‖_F of the layer's attention "
@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if "method" not in args.presses or "uniform" not in args.presses or not set(args.presses) & set(KVPRESS):
         ap.error("--presses must include method, uniform and a kvpress press")
     torch.set_num_threads(args.threads)
-    from tasks.models.causal_lm import load_model
+    from attnbench.tasks.models.causal_lm import load_model
 
     t0 = time.perf_counter()
     model, tok = load_model("smollm2", torch.float32, torch.device("cpu"))

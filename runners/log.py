@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-from core.schema import is_metric
+from attnbench.core.schema import is_metric
 
 
 def _clean(v: Any) -> Any:
@@ -91,7 +91,7 @@ class WandbLogger:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
-        wandb_dir = Path(cfg.get("dir", "results/wandb"))
+        wandb_dir = Path(cfg.get("dir", "results"))  # wandb adds its own wandb/ folder under it
         wandb_dir.mkdir(parents=True, exist_ok=True)
         task = config.get("task", {})
         method = config.get("method", {})

@@ -1,7 +1,7 @@
 """The peers experiment's table and figure: each suite baseline beside the public package's
 implementation of the same method, on the same inputs (``+experiment=peers``), from saved rows.
 
-    python -m runners.peers_report [--results-dir results] [--out-dir results]
+    attnbench peers_report [--results-dir results] [--out-dir results]
 
 reads the ok rows of experiment ``peers`` (``runners.collect.load_rows``; of several rows of one
 method × source × n, the latest), pairs each suite method with its peer (``PAIRS``) and writes
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runners import plots
-from runners.collect import load_rows
+from attnbench.runners import plots
+from attnbench.runners.collect import load_rows
 
 EXPERIMENT = "peers"
 PAIRS = {"performer": "performer_pytorch", "reformer": "reformer_pytorch", "nystromformer": "nystrom_attention"}
@@ -176,7 +176,7 @@ def report(results_dir: str | Path = "results", out_dir: str | Path | None = Non
     sub = f"{device}; load average {loads.min():.1f}–{loads.max():.1f} when the runs started; commit {commit}"
     head = ("# peers: the suite's baselines beside the public packages' implementations\n\n"
             f"{sub}. Made by `python run.py +experiment=peers logger=none` (needs `pip install -e '.[peers]'`) "
-            "then `python -m runners.peers_report --out-dir results`.\n\n")
+            "then `attnbench peers_report --out-dir results`.\n\n")
     (out / "peers_table.md").write_text(head + to_markdown(table))
     return [out / "peers_table.csv", out / "peers_table.md", *figure(table, out / "figures", sub)]
 

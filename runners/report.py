@@ -1,6 +1,6 @@
 """Paper-style table and figures for one experiment, from saved rows only (never reruns).
 
-``python -m runners.report --experiment NAME [--results-dir results] [--out-dir DIR] [--force]``
+``attnbench report --experiment NAME [--results-dir results] [--out-dir DIR] [--force]``
 reads the rows of conf/experiment/NAME.yaml's current grid (its sweep's methods × its ``task.n``
 × the other swept knobs, e.g. budgets and seeds), the latest run of each config, prints the grid
 coverage ("8/8 methods × 7/7 n = 56/56 configs") and writes, by default under the untracked
@@ -25,7 +25,7 @@ coverage ("8/8 methods × 7/7 n = 56/56 configs") and writes, by default under t
   ``figures/<NAME>_kv_vs_kept.png|pdf`` (those metrics vs kept fraction, one line per press)
   instead of the figures above.
 
-``python -m runners.report --card METHOD`` writes a method card instead (``runners/card.py``).
+``attnbench report --card METHOD`` writes a method card instead (``runners/card.py``).
 
 An unknown NAME exits with status 2 and the list of experiments (``glove_error`` and
 ``smollm2_error`` name the same experiment: rows under either name are read); a refused
@@ -48,10 +48,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runners import plots
-from runners.collect import load_rows
+from attnbench.runners import plots
+from attnbench.runners.collect import load_rows
 
-from runners.grid import (ALIASES, CONF_DIR, PROJECT_ROOT, TIME_COLUMNS, Grid, UnknownExperiment, _canon,  # noqa: F401
+from attnbench.runners.grid import (ALIASES, CONF_DIR, PROJECT_ROOT, TIME_COLUMNS, Grid, UnknownExperiment, _canon,  # noqa: F401
                           apply_grid, experiment_names, load_grid, resolve_experiment, row_times)
 
 METRICS = [
@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> None:
                          "also for an experiment_name without a config")
     args = ap.parse_args(argv)
     if args.card:
-        from runners.card import NoCardRows, write_card
+        from attnbench.runners.card import NoCardRows, write_card
 
         try:
             print("wrote " + ", ".join(map(str, write_card(args.card, args.results_dir, args.out_dir, preset=args.preset))))

@@ -16,14 +16,14 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-import methods
-import tasks
-from core.knobs import preset_knobs, preset_methods
-from core.measure import METER_KNOBS, meter_from_config
-from core.progress import Progress
-from methods import to_plain
-from runners.log import RunRecord, make_logger
-from runners.summary import format_table, progress_line
+from attnbench import methods
+from attnbench import tasks
+from attnbench.core.knobs import preset_knobs, preset_methods
+from attnbench.core.measure import METER_KNOBS, meter_from_config
+from attnbench.core.progress import Progress
+from attnbench.methods import to_plain
+from attnbench.runners.log import RunRecord, make_logger
+from attnbench.runners.summary import format_table, progress_line
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

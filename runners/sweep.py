@@ -7,18 +7,24 @@ the run files they name, so skipped (already finished) runs appear in the summar
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 
-from runners.summary import format_table
+from attnbench.runners.summary import format_table
 
-NEXT_STEPS = """[attnbench] next:
-  python run.py -m method=exact,wildcat,kdeformer task.n=1024,4096,16384   # a sweep (summary at the end)
-  python run.py +experiment=scaling logger=none                            # a paper-style experiment (a sweep)
-  python -m runners.collect                                                # all rows -> results/table.csv
-  python -m runners.report --experiment scaling                            # its table and figures"""
+def next_steps() -> str:
+    """What to try after a single run, in the form the user ran it (``python run.py`` or ``attnbench``)."""
+    prog = "python run.py" if Path(sys.argv[0]).name == "run.py" else "attnbench"
+    lines = [(f"{prog} -m method=exact,wildcat,kdeformer task.n=1024,4096,16384", "a sweep (summary at the end)"),
+             (f"{prog} +experiment=scaling logger=none", "a paper-style experiment (a sweep)"),
+             ("attnbench collect", "all rows -> results/table.csv"),
+             ("attnbench report --experiment scaling", "its table and figures")]
+    width = max(len(c) for c, _ in lines)
+    return "\n".join(["[attnbench] next:", *(f"  {c:<{width}}   # {t}" for c, t in lines)])
+
 
 MARKER = "attnbench_runs.txt"
 
@@ -54,4 +60,4 @@ class SweepSummary(Callback):
         ok = sum(r.get("status") == "ok" for r in rows)
         print(f"\n[attnbench] sweep {sweep_dir}: {len(rows)} rows ({ok} ok, {len(rows) - ok} errors)")
         print(format_table(rows))
-        print("[attnbench] all rows: python -m runners.collect; figures: python -m runners.report --experiment NAME")
+        print("[attnbench] all rows: attnbench collect; figures: attnbench report --experiment NAME")

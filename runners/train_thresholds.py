@@ -21,10 +21,10 @@ Two models:
 
 Examples::
 
-    python -m runners.train_thresholds lm --lambdas 0.05 0.2 1.0 --steps 30
-    python -m runners.train_thresholds lm --lambdas 0.5 2 --steps 200 --eval-at 10 50 100 \
+    attnbench train_thresholds lm --lambdas 0.05 0.2 1.0 --steps 30
+    attnbench train_thresholds lm --lambdas 0.5 2 --steps 200 --eval-at 10 50 100 \
         --curve results/latte_training_curve.md      # held-out evaluation at checkpoints, a figure
-    python -m runners.train_thresholds vit --model vit_small_patch16_224 --pretrained \
+    attnbench train_thresholds vit --model vit_small_patch16_224 --pretrained \
         --data /data/imagenet/val --lambdas 0.1
 """
 from __future__ import annotations
@@ -41,9 +41,9 @@ import torch
 
 from torch import Tensor, nn
 
-from methods.latte import Latte
-from tasks.datasets.local_text import local_text
-from tasks.datasets.sources import load_smollm2
+from attnbench.methods.latte import Latte
+from attnbench.tasks.datasets.local_text import local_text
+from attnbench.tasks.datasets.sources import load_smollm2
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,14 +65,14 @@ def patch_hf(model: nn.Module, make: Callable[[str, int], Latte]) -> dict[str, L
     """Swap ``make(layer_name, heads)`` into every attention layer of a Hugging Face model
     (``tasks.adapters.hf``: causal in decoders, GQA heads expanded).
     ``set_exact(model, True)`` switches back to the model's own attention without removing the methods."""
-    from tasks.adapters import hf
+    from attnbench.tasks.adapters import hf
 
     return _swap_per_layer(hf, model, make, lambda name: model.config.num_attention_heads)
 
 
 def set_exact(model: nn.Module, exact: bool) -> None:
     """Toggle a ``patch_hf`` model between its own attention (SDPA, exact) and LATTE."""
-    from tasks.adapters import hf
+    from attnbench.tasks.adapters import hf
 
     hf.set_native(model, exact)
 
@@ -91,14 +91,14 @@ def token_batches(tok, text: str, seq_len: int, n_seq: int) -> list[Tensor]:
 def patch_timm(model: nn.Module, make: Callable[[str, int], Latte]) -> dict[str, Latte]:
     """Swap ``make(layer_name, heads)`` into every timm ``vision_transformer.Attention``
     (``tasks.adapters.timm_vit``); ``set_exact_timm(model, True)`` runs exact attention there instead."""
-    from tasks.adapters import timm_vit
+    from attnbench.tasks.adapters import timm_vit
 
     return _swap_per_layer(timm_vit, model, make, lambda name: model.get_submodule(name).num_heads)
 
 
 def set_exact_timm(model: nn.Module, exact: bool) -> None:
     """Toggle a ``patch_timm`` model between exact attention and LATTE (the methods are kept)."""
-    from tasks import adapters
+    from attnbench.tasks import adapters
 
     adapters.set_exact(adapters.wrappers(model), exact)
 
@@ -262,7 +262,7 @@ def write_curve(curve: list[dict], final: list[dict], args, path: Path) -> list[
     lines = [
         "# LATTE threshold training curve (SmolLM2-135M, held-out text)",
         "",
-        "Command: `python -m runners.train_thresholds " + " ".join(args.argv) + "`",
+        "Command: `attnbench train_thresholds " + " ".join(args.argv) + "`",
         "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items()) if k not in ("argv",)),
         "",
@@ -426,7 +426,7 @@ def write_table(rows: list[dict], args, path: Path) -> None:
     lines = [
         f"# LATTE threshold training ({args.kind})",
         "",
-        "Command: `python -m runners.train_thresholds " + " ".join(args.argv) + "`",
+        "Command: `attnbench train_thresholds " + " ".join(args.argv) + "`",
         "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items()) if k not in ("argv",)),
         "",
@@ -445,7 +445,7 @@ def write_table(rows: list[dict], args, path: Path) -> None:
 
 
 def main(argv: Iterable[str] | None = None) -> list[dict[str, float]]:
-    ap = argparse.ArgumentParser(prog="python -m runners.train_thresholds", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="attnbench train_thresholds", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="kind", required=True)
     for kind in ("lm", "vit"):
         p = sub.add_parser(kind)

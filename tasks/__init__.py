@@ -5,14 +5,18 @@ Each module of this package registers one task on import; helpers live in subpac
 """
 from __future__ import annotations
 
+if __name__ != "attnbench.tasks":  # one name per module: never imported as a bare top-level `tasks`
+    raise ImportError(f"import attnbench.tasks, not {__name__} (in a clone: `pip install -e .`, then "
+                      "`attnbench COMMAND` or `python -m attnbench.tasks.MODULE`).")
+
 from typing import Any, Mapping
 
 import torch
 
-from core.knobs import resolve_knobs
-from core.registry import Registry
+from attnbench.core.knobs import resolve_knobs
+from attnbench.core.registry import Registry
 
-from .base import Task
+from attnbench.tasks.base import Task
 
 REGISTRY: Registry = Registry("task", __name__, skip=("base",))
 register = REGISTRY.register

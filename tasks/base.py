@@ -5,9 +5,9 @@ from typing import Any, ClassVar, Iterator, Mapping
 
 import torch
 
-from core.knobs import Check, resolve_knobs
-from core.measure import Meter
-from methods.base import AttentionMethod
+from attnbench.core.knobs import Check, resolve_knobs
+from attnbench.core.measure import Meter
+from attnbench.methods.base import AttentionMethod
 
 
 class Task:

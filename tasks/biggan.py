@@ -45,17 +45,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-import methods
-from core.knobs import Bool, Choice, Float, Int, Str
-from methods.base import AttentionMethod
-from core.measure import Meter
-from core.progress import Progress
+from attnbench import methods
+from attnbench.core.knobs import Bool, Choice, Float, Int, Str
+from attnbench.methods.base import AttentionMethod
+from attnbench.core.measure import Meter
+from attnbench.core.progress import Progress
 
-from .metrics import fid as fidlib
-from . import register
-from .base import Task
-from .adapters import MethodCall
-from .adapters.biggan import swap_attention
+from attnbench.tasks.metrics import fid as fidlib
+from attnbench.tasks import register
+from attnbench.tasks.base import Task
+from attnbench.tasks.adapters import MethodCall
+from attnbench.tasks.adapters.biggan import swap_attention
 
 from pytorch_pretrained_biggan import BigGAN, BigGANConfig
 from pytorch_pretrained_biggan.model import (
@@ -214,7 +214,7 @@ class BigGANTask(Task):
             self.ref = (mu, sigma)
         elif not self.tiny:
             raise ValueError("task.fid_stats is not set: give the .npz of ImageNet validation statistics "
-                             "(make it with `python -m tasks.metrics.fid stats IMAGENET_VAL_FOLDER OUT.npz`).")
+                             "(make it with `python -m attnbench.tasks.metrics.fid stats IMAGENET_VAL_FOLDER OUT.npz`).")
 
         if self.tiny:
             self.model, self.weights = tiny_biggan(seed=cfg["model_seed"]), "random-init"
@@ -249,7 +249,7 @@ class BigGANTask(Task):
         for key, val in want.items():
             if key in meta and meta[key] != val and not (key == "resize" and not meta[key] and not val):
                 raise ValueError(f"task.fid_stats was made with {key}={meta[key]!r} but this run uses {val!r}; "
-                                 f"remake it with the same settings (python -m tasks.metrics.fid stats --help).")
+                                 f"remake it with the same settings (python -m attnbench.tasks.metrics.fid stats --help).")
 
     # --- inputs -------------------------------------------------------------------------
     def latents(self, seed: int) -> tuple[Tensor, Tensor]:

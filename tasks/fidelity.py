@@ -8,13 +8,13 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor
 
-import methods
-from core.knobs import Bool, Choice, Float, Int, ListOf, Mapping_, Str
-from core.measure import Measurement, Meter
-from methods.base import DTYPES, AttentionMethod
-from tasks import register
-from tasks.base import Task, capped
-from tasks.datasets.sources import SOURCES, make_qkv
+from attnbench import methods
+from attnbench.core.knobs import Bool, Choice, Float, Int, ListOf, Mapping_, Str
+from attnbench.core.measure import Measurement, Meter
+from attnbench.methods.base import DTYPES, AttentionMethod
+from attnbench.tasks import register
+from attnbench.tasks.base import Task, capped
+from attnbench.tasks.datasets.sources import SOURCES, make_qkv
 
 EXACT_CACHE_BYTES = 2 << 30  # outputs of exact attention kept for reuse in this process (see Fidelity)
 _exact_cache: OrderedDict[str, tuple[Measurement, Tensor]] = OrderedDict()

@@ -32,18 +32,18 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-import methods
-from methods import to_plain
-from core.knobs import AnyValue, Bool, Choice, Int, Mapping_, Str, preset_knobs, preset_methods
-from methods.base import DTYPES, AttentionMethod
-from core.measure import Meter
-from core.progress import Progress
+from attnbench import methods
+from attnbench.methods import to_plain
+from attnbench.core.knobs import AnyValue, Bool, Choice, Int, Mapping_, Str, preset_knobs, preset_methods
+from attnbench.methods.base import DTYPES, AttentionMethod
+from attnbench.core.measure import Meter
+from attnbench.core.progress import Progress
 
-from . import adapters, register
-from .adapters import t2t_vit as t2t_adapter, timm_vit as timm_adapter
-from .base import Task
-from .datasets.imagenet import data_config, imagenet_val_dir, val_loader
-from .models import t2t_vit
+from attnbench.tasks import adapters, register
+from attnbench.tasks.adapters import t2t_vit as t2t_adapter, timm_vit as timm_adapter
+from attnbench.tasks.base import Task
+from attnbench.tasks.datasets.imagenet import data_config, imagenet_val_dir, val_loader
+from attnbench.tasks.models import t2t_vit
 
 # The attention layers this task swaps: T2T-ViT's token layers and timm ViT blocks.
 FAMILIES = (t2t_adapter.FAMILY, timm_adapter.FAMILY)

@@ -54,16 +54,16 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from core.knobs import AnyValue, Choice, Float, Int, ListOf, Mapping_, Str
-from methods.base import AttentionMethod
-from core.measure import Meter
+from attnbench.core.knobs import AnyValue, Choice, Float, Int, ListOf, Mapping_, Str
+from attnbench.methods.base import AttentionMethod
+from attnbench.core.measure import Meter
 
-from . import register
-from .base import Task
-from .datasets.longbench import (LONGBENCH_E_SUBSETS, LONGBENCH_SUBSETS, METRICS, classification, code_sim,  # noqa: F401
+from attnbench.tasks import register
+from attnbench.tasks.base import Task
+from attnbench.tasks.datasets.longbench import (LONGBENCH_E_SUBSETS, LONGBENCH_SUBSETS, METRICS, classification, code_sim,  # noqa: F401
                                  count, load_longbench, longbench_score, qa_f1, retrieval, rouge_l)
-from .datasets.needle import CITIES, check_recall, filler_ids, needle_sample, recall_sample  # noqa: F401
-from .models.causal_lm import byte_tokenizer, load_model, tiny_llama  # noqa: F401 (older imports)
+from attnbench.tasks.datasets.needle import CITIES, check_recall, filler_ids, needle_sample, recall_sample  # noqa: F401
+from attnbench.tasks.models.causal_lm import byte_tokenizer, load_model, tiny_llama  # noqa: F401 (older imports)
 
 DATASETS = ("needle", "recall", "ppl", "longbench", "longbench_e")
 PRESS_KNOBS = ("press", "compression_ratio", "sink_size", "window_size", "bin_r", "press_kwargs", "ratio_of")
@@ -132,14 +132,14 @@ class KVCacheTask(Task):
         self.model, self.tok = model, tokenizer
         from kvpress import KVPressTextGenerationPipeline
 
-        from .adapters.presses import register_weighted_attention
+        from attnbench.tasks.adapters.presses import register_weighted_attention
 
         self.model.set_attn_implementation(register_weighted_attention())
         self.pipe = KVPressTextGenerationPipeline(model=self.model, tokenizer=self.tok, device=device)
 
     # --- presses -------------------------------------------------------------------------
     def make_press(self, method: AttentionMethod):
-        from .adapters.presses import make_press
+        from attnbench.tasks.adapters.presses import make_press
 
         cfg = self.cfg
         gen = torch.Generator().manual_seed(self.seed)

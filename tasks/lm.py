@@ -39,17 +39,17 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import Tensor
 
-import methods
-from core.knobs import AnyValue, Choice, Int, ListOf, Mapping_, Str
-from core.measure import Meter
-from core.progress import Progress
-from methods.base import AttentionMethod
+from attnbench import methods
+from attnbench.core.knobs import AnyValue, Choice, Int, ListOf, Mapping_, Str
+from attnbench.core.measure import Meter
+from attnbench.core.progress import Progress
+from attnbench.methods.base import AttentionMethod
 
-from . import adapters, register
-from .adapters import hf
-from .base import Task, capped
-from .datasets.local_text import PARTS, local_text
-from .models.causal_lm import load_model
+from attnbench.tasks import adapters, register
+from attnbench.tasks.adapters import hf
+from attnbench.tasks.base import Task, capped
+from attnbench.tasks.datasets.local_text import PARTS, local_text
+from attnbench.tasks.models.causal_lm import load_model
 
 LOGIT_CHUNK = 1024  # positions per LM-head chunk
 # {model: {(text, L, num_samples, window): scores of the untouched model}}, reused across a sweep's jobs

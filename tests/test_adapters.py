@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import methods
-from methods.base import AttentionMethod
-from methods.exact import dense_attention
-from tasks import adapters
-from tasks.adapters import biggan as biggan_adapter
-from tasks.adapters import hf, t2t_vit, timm_vit
-from tasks.adapters.base import resolve_layers
+from attnbench import methods
+from attnbench.methods.base import AttentionMethod
+from attnbench.methods.exact import dense_attention
+from attnbench.tasks import adapters
+from attnbench.tasks.adapters import biggan as biggan_adapter
+from attnbench.tasks.adapters import hf, t2t_vit, timm_vit
+from attnbench.tasks.adapters.base import resolve_layers
 
 
 class Counter(AttentionMethod):
@@ -47,7 +47,7 @@ def tiny_vit(**kw):
 
 
 def tiny_t2t(name="t2t_vit_t_14"):
-    from tasks.models.t2t_vit import create_t2t_vit
+    from attnbench.tasks.models.t2t_vit import create_t2t_vit
 
     torch.manual_seed(0)
     return create_t2t_vit(name, img_size=32, embed_dim=32, depth=2, num_heads=2, token_dim=16, num_classes=5).eval()
@@ -192,7 +192,7 @@ def test_t2t_swap(name):
 def test_biggan_swap_capture_and_errors():
     from pytorch_pretrained_biggan.utils import truncated_noise_sample
 
-    from tasks.biggan import tiny_biggan
+    from attnbench.tasks.biggan import tiny_biggan
 
     z = torch.from_numpy(truncated_noise_sample(2, 16, 0.4, seed=1))
     y = torch.eye(10)[:2]

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import methods
-from methods.base import resolve_budget
+from attnbench import methods
+from attnbench.methods.base import resolve_budget
 
 
 def qkv(b=1, h=2, n=16, d=8, dv=None, dtype=torch.float32):
@@ -75,7 +75,7 @@ def test_half_precision_returns_input_dtype(dtype):
 
 def test_preset_files_resolve_for_every_method_they_cover():
     """Every conf/method/preset/<preset>/<method>.yaml names knobs its method accepts."""
-    from core.knobs import CONF_DIR, preset_knobs, preset_methods
+    from attnbench.core.knobs import CONF_DIR, preset_knobs, preset_methods
 
     presets = sorted(p.stem for p in (CONF_DIR / "preset").glob("*.yaml") if p.stem != "none")
     assert {"biggan", "t2t_layer1", "t2t_layer2", "scaling_b256"} <= set(presets)

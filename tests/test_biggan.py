@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-import methods
-import tasks
-from methods.base import AttentionMethod
-from methods.exact import dense_attention
-from core.measure import Meter
-from tasks.metrics import fid as fidlib
-from tasks.adapters.biggan import SwappedSelfAttn, swap_attention
-from tasks.biggan import load_biggan, tiny_biggan
+from attnbench import methods
+from attnbench import tasks
+from attnbench.methods.base import AttentionMethod
+from attnbench.methods.exact import dense_attention
+from attnbench.core.measure import Meter
+from attnbench.tasks.metrics import fid as fidlib
+from attnbench.tasks.adapters.biggan import SwappedSelfAttn, swap_attention
+from attnbench.tasks.biggan import load_biggan, tiny_biggan
 
 
 class Recorder(AttentionMethod):
@@ -219,7 +219,7 @@ def test_missing_weights_error_names_task_weights(tmp_path, monkeypatch):
                              feature_net="tiny"), "cpu", 1)
 
     import pytorch_pretrained_biggan.file_utils as fu
-    import tasks.biggan as tb
+    import attnbench.tasks.biggan as tb
 
     def offline(*a, **k):
         raise OSError("no network")

@@ -1,10 +1,10 @@
-"""Method cards (``runners/card.py``, ``python -m runners.report --card``) from synthetic rows, and the
+"""Method cards (``runners/card.py``, ``attnbench report --card``) from synthetic rows, and the
 card experiment's configs."""
 import pandas as pd
 import pytest
 
-from runners.card import NoCardRows, part_of, points, write_card
-from runners.check import compose_method
+from attnbench.runners.card import NoCardRows, part_of, points, write_card
+from attnbench.runners.check import compose_method
 
 
 def row(part: dict, **metrics):
@@ -72,7 +72,7 @@ def test_other_cards_points_enter_the_figure_and_a_method_without_rows_is_an_err
 def test_card_parts_compose_with_any_method_and_preset():
     from hydra import compose, initialize_config_dir
 
-    from core.knobs import CONF_DIR
+    from attnbench.core.knobs import CONF_DIR
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         lm = compose("config", overrides=["+experiment=card", "method=conv_basis", "+card=lm", "preset=lm_conv_k4"])

@@ -5,10 +5,10 @@ import importlib.util
 import pytest
 import torch
 
-import methods
-from core import registry
-from methods.base import AttentionMethod
-from runners.check import CHECKS, Subject, main, run_check, run_checks
+from attnbench import methods
+from attnbench.core import registry
+from attnbench.methods.base import AttentionMethod
+from attnbench.runners.check import CHECKS, Subject, main, run_check, run_checks
 
 HAS_TOPK = importlib.util.find_spec("attnbench_topk") is not None
 
@@ -224,7 +224,7 @@ def test_function_plugins_wrap_sdpa_and_expose_keyword_knobs(entry_points):
 
 
 def test_target_method_runs_in_a_task_and_rows_name_it(tmp_path):
-    from runners.run import run
+    from attnbench.runners.run import run
 
     meter = {"max_samples": 1, "min_samples": 1, "warmup": 1, "memory": False, "min_run_s": 0.0}
     cfg = {"method": {**target(Good), "knobs": None}, "task": {"name": "fidelity", "n": [32], "heads": 1, "head_dim": 8},
@@ -243,7 +243,7 @@ def test_target_errors_name_the_key():
                                          r"\(as method.knobs.<name>\)"):
         methods.resolve({"name": "target", "target": f"{__name__}:OffByOne", "knobs": {"r": 1}})
     with pytest.raises(ValueError, match=r"clashes with the built-in method 'wildcat'"):
-        methods.resolve({"name": "target", "target": "methods.wildcat:WildCat"})
+        methods.resolve({"name": "target", "target": "attnbench.methods.wildcat:WildCat"})
 
 
 def test_rebuild_keeps_a_targets_knobs():
@@ -255,7 +255,7 @@ def test_rebuild_keeps_a_targets_knobs():
 
 @pytest.mark.skipif(not HAS_TOPK, reason="the example plugin is not installed (pip install -e examples/attnbench_topk)")
 def test_example_plugin_yaml_and_presets_come_from_hydras_search_path():
-    from runners.check import compose_method
+    from attnbench.runners.check import compose_method
 
     assert compose_method(["method=topk"]) == {"name": "topk", "k": 64, "chunk_size": 1024}
     assert compose_method(["method=topk", "preset=scaling_b256"])["k"] == 256

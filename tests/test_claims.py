@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from runners import claims, claims_registry as reg
+from attnbench.runners import claims, claims_registry as reg
 
 CLAIM = {c.id: c for c in reg.CLAIMS}
 NS = [1024, 2048, 4096, 8192, 16384, 32768, 65536]
@@ -253,7 +253,7 @@ def test_latte_vision(tmp_path):
 def test_missing_table_is_not_measured_yet_with_its_commands(tmp_path):
     o = claims.evaluate(CLAIM["C3"], tmp_path)
     assert o.verdict == reg.MISSING and "conv_basis_exact_table.csv" in o.part
-    assert "python run.py +experiment=conv_basis_exact" in o.part and "runners.report" in o.part
+    assert "python run.py +experiment=conv_basis_exact" in o.part and "attnbench report" in o.part
 
 
 def test_missing_table_of_an_asset_experiment_needs_assets_with_the_exact_command(tmp_path):
@@ -285,8 +285,9 @@ def test_unknown_verdict_is_refused():
 
 
 def test_committed_pages_regenerate_from_committed_tables_without_torch():
-    code = ("import sys; from runners import claims; changed = claims.write_pages('results', check=True); "
-            "print(sorted(m for m in ('torch', 'methods', 'tasks') if m in sys.modules), [str(p) for p in changed])")
+    code = ("import sys; from attnbench.runners import claims; changed = claims.write_pages('results', check=True); "
+            "print(sorted(m for m in ('torch', 'attnbench.methods', 'attnbench.tasks') if m in sys.modules), "
+            "[str(p) for p in changed])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[] []", out.stdout + out.stderr
 
@@ -296,7 +297,7 @@ def test_training_curve_page_csv_and_figure(tmp_path):
     the convergence test of each lambda, and the figure beside it."""
     import argparse
 
-    from runners import train_thresholds as tt
+    from attnbench.runners import train_thresholds as tt
 
     rows = []
     for lam, kept in ((0.5, (0.3, 0.16, 0.158)), (8.0, (0.3, 0.08, 0.05))):

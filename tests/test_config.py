@@ -9,10 +9,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import tasks
+from attnbench import tasks
 from conftest import ROOT
-from runners.collect import UnreadableRunFile, load_rows
-from runners.run import resolve_config, run, run_id_of, run_identity
+from attnbench.runners.collect import UnreadableRunFile, load_rows
+from attnbench.runners.run import resolve_config, run, run_id_of, run_identity
 
 QUICK = ["logger=none", "meter=quick", "device=cpu"]
 
@@ -108,7 +108,7 @@ def test_rerun_over_an_unreadable_file_says_so(tmp_path, capsys):
 
 
 def test_non_finite_method_output_is_an_error_row_naming_the_method(tmp_path, monkeypatch):
-    from methods.performer import Performer
+    from attnbench.methods.performer import Performer
 
     monkeypatch.setattr(Performer, "_attend", lambda self, q, k, v, *, causal, scale: torch.full_like(q, float("nan")))
     cfg, _ = composed("method=performer", "task.n=[16]", "task.heads=1", "task.head_dim=8", tmp_path=tmp_path)
@@ -134,7 +134,7 @@ def test_experiment_files_sweep_on_their_own():
 
 
 def test_a_sweep_skips_a_preset_that_does_not_cover_the_method_and_a_single_run_fails(tmp_path, capsys):
-    from runners.run import uncovered_preset
+    from attnbench.runners.run import uncovered_preset
 
     cfg = {"method": {"name": "performer"}, "preset": {"name": "lm_conv_k4"}, "seed": 0, "device": "cpu",
            "results_dir": str(tmp_path), "logger": {"name": "none"}, "meter": {"min_samples": 1, "max_samples": 1},

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-import methods
+from attnbench import methods
 from conftest import ROOT
-from runners.check import CHECKS, Subject, run_check
+from attnbench.runners.check import CHECKS, Subject, run_check
 
 N = 256
 CASES = {
@@ -76,7 +76,7 @@ def test_seed_repeats_bit_for_bit_and_seeds_differ_when_random(name):
 @pytest.mark.parametrize("check", list(CHECKS))
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_conformance_check(name, check):
-    """The checks of ``python -m runners.check`` (shapes and dtypes, independence, causality,
+    """The checks of ``attnbench check`` (shapes and dtypes, independence, causality,
     determinism, exactness at the declared full budget, large inputs, gradients, bad inputs), at
     each method's approximating knobs; a declared causal leak is reported as known, not failed."""
     knobs, _, _, _ = CASES[name]

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-import methods.conv_basis as cb
-from methods import build
-from methods.conv_basis import (
+import attnbench.methods.conv_basis as cb
+from attnbench.methods import build
+from attnbench.methods.conv_basis import (
     conv_basis_matrix,
     exp_basis,
     fft_causal_conv,
@@ -17,7 +17,7 @@ from methods.conv_basis import (
     recover_conv_basis,
     segment_product,
 )
-from methods.exact import dense_attention
+from attnbench.methods.exact import dense_attention
 
 
 def rel(a, b):

@@ -8,7 +8,7 @@ PyTorch path on the same random choices. To keep the compile time short on a fre
 Triton config is a compilation) the kernels run with their first config (``CONFIGS[0]``, passed
 as ``config=``), except one case per kernel (fp32, d = 80) that goes through the autotuner over
 every config, as a real run does; every config is checked against PyTorch in the interpreter by
-``tests/test_kernel_configs.py``. ``python -m runners.gpu_check`` runs this file first
+``tests/test_kernel_configs.py``. ``attnbench gpu_check`` runs this file first
 (``python -m pytest -m cuda tests/test_cuda_kernels.py``).
 
 Without CUDA they are skipped, except under ``TRITON_INTERPRET=1`` (set before Triton is
@@ -92,9 +92,9 @@ def config_for(module, dtype: torch.dtype, d: int):
 def test_wildcat_kernel_matches_torch(dtype, d):
     """WildCat: one coreset (RPCholesky, signed Nyström weights, value clamp), attended by the fused
     kernel and by ``weighted_attention``; both in fp32 on the dtype-rounded inputs, as WildCat does."""
-    from methods.kernels import wildcat as KW
-    from methods.rpcholesky import compress_sequence
-    from methods.wildcat import weighted_attention
+    from attnbench.methods.kernels import wildcat as KW
+    from attnbench.methods.rpcholesky import compress_sequence
+    from attnbench.methods.wildcat import weighted_attention
 
     q, k, v = (t.float().flatten(0, 1) for t in qkv(dtype, d, seed=1))  # (B·H, n, d), upcast
     scale = d**-0.5
@@ -116,9 +116,9 @@ def test_kdeformer_kernel_matches_torch(dtype, d):
     kernel on the dtype's operands and by ``attend_torch`` in fp32; cross-attention (Nk ≠ Nq)."""
     if INTERPRET and dtype == torch.bfloat16:
         pytest.skip("the Triton interpreter has no bfloat16 (triton-lang/triton#4972); runs on CUDA")
-    from methods import build
-    from methods.kdeformer import KDEformer
-    from methods.kernels import kdeformer as KK
+    from attnbench.methods import build
+    from attnbench.methods.kdeformer import KDEformer
+    from attnbench.methods.kernels import kdeformer as KK
 
     q, _, _ = qkv(dtype, d, seed=2)
     _, k, v = qkv(dtype, d, seed=3, n=N + 37)
@@ -139,8 +139,8 @@ def test_latte_kernel_matches_torch(dtype, d, monkeypatch):
     """LATTE: the method with ``backend='triton'`` against ``backend='torch'`` (fp32 after the
     method's upcast): causal with the int8 score, bidirectional with the float score. The keep
     decisions are exact in both, so the kept fractions must agree exactly."""
-    from methods.kernels import latte as KL
-    from methods.latte import Latte
+    from attnbench.methods.kernels import latte as KL
+    from attnbench.methods.latte import Latte
 
     cfg = config_for(KL, dtype, d)
     if cfg is not None:  # the method calls the module's function: pin the config there (both passes)

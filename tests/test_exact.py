@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-import methods
-from methods.exact import dense_attention
+from attnbench import methods
+from attnbench.methods.exact import dense_attention
 
 
 @pytest.mark.parametrize("causal", [False, True])

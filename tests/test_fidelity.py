@@ -2,12 +2,12 @@
 import pytest
 import torch
 
-import methods
-import tasks
-from methods.exact import dense_attention
-from core.measure import Meter
-from tasks.fidelity import errors
-from tasks.datasets.sources import capture_hf, load_minilm, load_smollm2, make_qkv, _token_batch
+from attnbench import methods
+from attnbench import tasks
+from attnbench.methods.exact import dense_attention
+from attnbench.core.measure import Meter
+from attnbench.tasks.fidelity import errors
+from attnbench.tasks.datasets.sources import capture_hf, load_minilm, load_smollm2, make_qkv, _token_batch
 
 
 def run_task(method, **cfg):
@@ -81,7 +81,7 @@ def test_smollm2_source_is_cached(tmp_path):
 def test_exact_measured_once_per_process_and_shared():
     """A second method on identical inputs reuses exact's measurement and output (exact_shared);
     different inputs (another seed here via n) or share_exact=false measure again."""
-    import tasks.fidelity as fid
+    import attnbench.tasks.fidelity as fid
 
     fid._exact_cache.clear()
     cfg = dict(n=[24], heads=2, head_dim=8, source="gaussian")
@@ -95,7 +95,7 @@ def test_exact_measured_once_per_process_and_shared():
 
 
 def test_method_max_n_skips_larger_n_for_that_method_only(capsys):
-    from core.measure import Meter
+    from attnbench.core.measure import Meter
 
     cfg = {"name": "fidelity", "n": [16, 32], "heads": 1, "head_dim": 4, "method_max_n": {"performer": 16}}
     task = tasks.build(cfg)

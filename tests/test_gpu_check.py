@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from runners import gpu_check as G
+from attnbench.runners import gpu_check as G
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ FAKE_INFO = {"gpu": "NVIDIA H200", "gpu_count": 1, "capability": "9.0", "memory_
 def test_no_cuda_one_line_exit_0(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
     env.pop("TRITON_INTERPRET", None)
-    res = subprocess.run([sys.executable, "-m", "runners.gpu_check", "--out-dir", str(tmp_path / "gpu")], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "attnbench.runners.gpu_check", "--out-dir", str(tmp_path / "gpu")], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert res.stdout.splitlines() == [G.NOTICE] and "Traceback" not in res.stderr
@@ -102,7 +102,7 @@ def test_steps_commands(tmp_path):
                   "meter.min_samples=3", "meter.min_run_s=0.2", "meter.max_run_s=5", f"results_dir={tmp_path}"):
             assert o in s.cmd, (o, s.cmd)
     for s, exp in zip(plan[3:], G.EXPERIMENTS):
-        assert s.cmd[:3] == [sys.executable, "-m", "runners.report"]
+        assert s.cmd[:3] == [sys.executable, "-m", "attnbench.runners.report"]
         i = s.cmd.index
         assert s.cmd[i("--experiment") + 1] == exp and s.cmd[i("--results-dir") + 1] == str(tmp_path)
         assert s.cmd[i("--out-dir") + 1] == str(tmp_path)

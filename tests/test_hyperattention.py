@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 
-from methods import build
-from methods.exact import dense_attention
-from methods.hyperattention import HyperAttention, _lsh_codes
+from attnbench.methods import build
+from attnbench.methods.exact import dense_attention
+from attnbench.methods.hyperattention import HyperAttention, _lsh_codes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -192,7 +192,7 @@ def test_matches_dense_rederivation(nq, nk, bs, smp):
 @pytest.mark.parametrize("elems", [1, 3000, 1 << 30])
 def test_grouping_does_not_change_the_result(monkeypatch, elems):
     # one block of one head per group, a few blocks per group, everything in one group
-    import methods.hyperattention as mod
+    import attnbench.methods.hyperattention as mod
 
     q, k, v = qkv(b=2, h=3, nq=333, nk=517)
     m = make(block_size=24, sample_size=40, min_seq_len=1)
@@ -207,7 +207,7 @@ def test_grouping_does_not_change_the_result(monkeypatch, elems):
 
 
 def test_no_whole_sequence_score_tensor():
-    from core.measure import cpu_peak_memory_mb
+    from attnbench.core.measure import cpu_peak_memory_mb
 
     n, h, block, samples = 16384, 4, 64, 192
     q, k, v = qkv(b=1, h=h, nq=n, nk=n, d=8, dv=8, dtype=torch.float32)

@@ -4,15 +4,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import methods
-import tasks
-from methods.base import AttentionMethod
-from methods.exact import dense_attention
-from core.measure import Meter
-from tasks.adapters.t2t_vit import SwappedTokenAttention, SwappedTokenPerformer
-from tasks.adapters.timm_vit import SwappedTimmAttention
-from tasks.imagenet import attention_layers, swap_attention
-from tasks.models.t2t_vit import TokenAttention, create_t2t_vit, extract_state_dict
+from attnbench import methods
+from attnbench import tasks
+from attnbench.methods.base import AttentionMethod
+from attnbench.methods.exact import dense_attention
+from attnbench.core.measure import Meter
+from attnbench.tasks.adapters.t2t_vit import SwappedTokenAttention, SwappedTokenPerformer
+from attnbench.tasks.adapters.timm_vit import SwappedTimmAttention
+from attnbench.tasks.imagenet import attention_layers, swap_attention
+from attnbench.tasks.models.t2t_vit import TokenAttention, create_t2t_vit, extract_state_dict
 
 TINY_T2T = dict(img_size=32, embed_dim=32, depth=2, num_heads=2, token_dim=16, num_classes=10)
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=10)

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import methods
-import tasks
-from core.measure import Meter
-from tasks.metrics import fid as fidlib
+from attnbench import methods
+from attnbench import tasks
+from attnbench.core.measure import Meter
+from attnbench.tasks.metrics import fid as fidlib
 
 WEIGHTS_FILE = "inception_v3_google-0cc3c7bd.pth"
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
-from methods import build
-from methods.exact import dense_attention
-from methods.kdeformer import KDEformer, draw_samples, gray_rank
+from attnbench.methods import build
+from attnbench.methods.exact import dense_attention
+from attnbench.methods.kdeformer import KDEformer, draw_samples, gray_rank
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,7 +215,7 @@ def dense_estimate(q, k, v, plan, scale):
 @pytest.mark.parametrize("b,h,nq,nk,bucket,samples", [(2, 3, 100, 100, 16, 24), (1, 2, 257, 61, 8, 16), (1, 2, 70, 333, 32, 40)])
 def test_grouped_evaluation_matches_dense_formula(monkeypatch, block_elems, b, h, nq, nk, bucket, samples):
     # Groups of one block of one head, groups that straddle heads/blocks unevenly, and one group.
-    import methods.kdeformer as mod
+    import attnbench.methods.kdeformer as mod
 
     monkeypatch.setattr(mod, "SCORE_TILE_ELEMS", block_elems)
     q, k, v = qkv(b=b, h=h, nq=nq, nk=nk, dv=12)
@@ -230,7 +230,7 @@ def test_grouped_evaluation_matches_dense_formula(monkeypatch, block_elems, b, h
 
 
 def test_no_whole_sequence_score_tensor():
-    from core.measure import cpu_peak_memory_mb
+    from attnbench.core.measure import cpu_peak_memory_mb
 
     n, h, bucket, samples = 16384, 4, 64, 192
     q, k, v = qkv(b=1, h=h, nq=n, nk=n, d=8, dv=8)
@@ -267,9 +267,9 @@ def test_causal_not_supported():
 KERNEL_CHECK = textwrap.dedent(
     """
     import torch
-    from methods import build
-    from methods.kdeformer import KDEformer
-    from methods.kernels.kdeformer import kdeformer_attention
+    from attnbench.methods import build
+    from attnbench.methods.kdeformer import KDEformer
+    from attnbench.methods.kernels.kdeformer import kdeformer_attention
     cases = [
         (2, 2, 100, 100, 16, 16, 16, 40, torch.float32),
         (1, 2, 256, 64, 8, 24, 16, 20, torch.float32),   # cross, Dv != D, D < 16

@@ -20,10 +20,10 @@ import pytest
 
 triton = pytest.importorskip("triton")
 
-from methods.kernels import _autotune as A  # noqa: E402
-from methods.kernels import kdeformer as KK  # noqa: E402
-from methods.kernels import latte as KL  # noqa: E402
-from methods.kernels import wildcat as KW  # noqa: E402
+from attnbench.methods.kernels import _autotune as A  # noqa: E402
+from attnbench.methods.kernels import kdeformer as KK  # noqa: E402
+from attnbench.methods.kernels import latte as KL  # noqa: E402
+from attnbench.methods.kernels import wildcat as KW  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = {"wildcat": KW, "kdeformer": KK, "latte": KL}
@@ -92,8 +92,8 @@ _SCRIPT = textwrap.dedent(
     r'''
     import functools, json, sys
     import torch, triton
-    from methods.kernels._autotune import describe
-    from methods.kernels import wildcat as KW, kdeformer as KK, latte as KL
+    from attnbench.methods.kernels._autotune import describe
+    from attnbench.methods.kernels import wildcat as KW, kdeformer as KK, latte as KL
 
     out = {"rows": [], "single": {}}
 
@@ -117,7 +117,7 @@ _SCRIPT = textwrap.dedent(
         out["rows"].append({"case": case, "config": cfg, "err": err, **extra})
 
     def run_wildcat():
-        from methods.wildcat import weighted_attention
+        from attnbench.methods.wildcat import weighted_attention
         calls = fake_autotuned(KW, "_wildcat_wattn_kernel", ["M", "R", "E", "D"])
         g = torch.Generator().manual_seed(0)
         for (B, M, R, E, D) in [(2, 70, 45, 20, 24), (1, 64, 32, 16, 16), (1, 5, 3, 8, 8)]:
@@ -136,8 +136,8 @@ _SCRIPT = textwrap.dedent(
                     benched=len(calls) - n0)
 
     def run_kdeformer():
-        from methods import build
-        from methods.kdeformer import KDEformer
+        from attnbench.methods import build
+        from attnbench.methods.kdeformer import KDEformer
         calls = fake_autotuned(KK, "_kde_fwd", ["n_q", "n_k", "n_blocks", "n_samples", "d", "dv"])
         cases = [(1, 2, 70, 130, 16, 16, 32, 20, torch.float32),   # non-divisible, cross
                  (1, 1, 64, 64, 16, 16, 16, 16, torch.float32),    # divisible
@@ -178,7 +178,7 @@ _SCRIPT = textwrap.dedent(
         return 1.0 - done / max(visited, 1)
 
     def run_latte():
-        from methods.latte import Latte
+        from attnbench.methods.latte import Latte
         calls = fake_autotuned(KL, "_latte_attend", ["Nq", "Nk", "D", "DV", "CAUSAL", "INT8"], reset_to_zero=["BLOCKS"])
         fake_autotuned(KL, "_latte_rowmax", ["Nq", "Nk", "D", "CAUSAL"])
         orig = KL.latte_attention_triton

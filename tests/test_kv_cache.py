@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-import methods
-from core.measure import Meter
-from tasks.kv_cache import KVCacheTask, byte_tokenizer, longbench_score, needle_sample, recall_sample, tiny_llama
-from tasks.adapters.presses import (BalanceKVPress, make_press, pack_weights, register_weighted_attention, weighted_attention,
-                           weighted_reference)
+from attnbench import methods
+from attnbench.core.measure import Meter
+from attnbench.tasks.kv_cache import KVCacheTask, byte_tokenizer, longbench_score, needle_sample, recall_sample, tiny_llama
+from attnbench.tasks.adapters.presses import (BalanceKVPress, make_press, pack_weights, register_weighted_attention,
+                                              weighted_attention, weighted_reference)
 
 CPU = torch.device("cpu")
 
@@ -283,7 +283,7 @@ def test_recall_rows_deterministic_per_seed(tiny):
 def test_rows_carry_the_uncompressed_baseline_of_the_same_windows(tiny):
     """Every needle / recall / ppl row carries baseline_* = the press-none row's metrics on the same
     windows; it is measured once per model and config (the press knobs left out), then reused."""
-    import tasks.kv_cache as kv
+    import attnbench.tasks.kv_cache as kv
 
     cfg = dict(dataset="recall", context_length=[200, 240], depths=[0.25, 0.75], num_samples=1, num_digits=3)
     none = {r["n"]: r for r in make_task(tiny, press="none", **cfg).run(wildcat(), Meter.quick())}
@@ -352,9 +352,9 @@ def test_byte_tokenizer_ids_are_the_bytes():
 
 
 def test_local_text_prefixes_split_and_determinism():
-    from runners import train_thresholds
-    from tasks.datasets import sources
-    from tasks.datasets.local_text import MODULES, local_docs, local_text
+    from attnbench.runners import train_thresholds
+    from attnbench.tasks.datasets import sources
+    from attnbench.tasks.datasets.local_text import MODULES, local_docs, local_text
 
     assert sources.local_text is local_text and train_thresholds.local_text is local_text  # one corpus
     assert len(MODULES) == len(set(MODULES))
@@ -372,7 +372,7 @@ def test_local_text_prefixes_split_and_determinism():
 
 def test_longbench_rows_with_a_local_dataset(tiny, monkeypatch):
     """The LongBench path end to end on two fake subsets: one row per subset, then the mean."""
-    import tasks.kv_cache as kv
+    import attnbench.tasks.kv_cache as kv
 
     def fake(path, subset, e, limit):
         ex = {"context": "Alice met Bob in Paris. " * 8, "question": "Where?", "answer_prefix": "Answer:",
@@ -403,8 +403,8 @@ def test_smollm2_tokenizer_round_trip_no_byte_markers():
     """The SmolLM2 tokenizer (from the packaged GGUF) encodes spaces as byte-level BPE (no
     ``<|endoftext|>`` in place of spaces), decodes to the exact text without 'Ġ'/'Ċ' markers, and
     stops on ``<|im_end|>``. (transformers' CodeLlamaTokenizer wrapper, saved and reloaded, broke all three.)"""
-    from tasks.kv_cache import filler_ids
-    from tasks.datasets.sources import smollm2_tokenizer
+    from attnbench.tasks.kv_cache import filler_ids
+    from attnbench.tasks.datasets.sources import smollm2_tokenizer
 
     tok = smollm2_tokenizer()
     assert tok.eos_token == "<|im_end|>" and tok.bos_token == "<|im_start|>"
@@ -438,7 +438,7 @@ def test_report_kv_table_and_figure(tmp_path):
     rows side by side, and the score-vs-kept-fraction figure."""
     import pandas as pd
 
-    from runners.report import report
+    from attnbench.runners.report import report
 
     rows, i = [], 0
     for press, cls, ratio, kept, of in (("none", "none", 0.0, 1.0, "all"), ("method", "WildCatPress", 0.5, 0.5, "all"),
@@ -481,7 +481,7 @@ def test_kv_layers_errors_zero_without_compression(tiny):
     continuation (alone and decoded in situ) equals the untouched model's (relative error at fp32
     rounding); a compressed cache gives errors > 0, and layer 0 (nothing below it) has the same
     error alone and in situ."""
-    from runners.kv_layers import capture, insitu_errors, layer_errors
+    from attnbench.runners.kv_layers import capture, insitu_errors, layer_errors
 
     model, _ = tiny
     task = make_task(tiny)

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import methods
-from methods.exact import dense_attention
-import methods.latte as latte_mod
-from core.measure import cpu_peak_memory_mb
-from methods.latte import Latte, _row_threshold, quantize_int8, split_hi_lo
+from attnbench import methods
+from attnbench.methods.exact import dense_attention
+import attnbench.methods.latte as latte_mod
+from attnbench.core.measure import cpu_peak_memory_mb
+from attnbench.methods.latte import Latte, _row_threshold, quantize_int8, split_hi_lo
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -331,7 +331,7 @@ def _tiny_vit():
 
 
 def test_training_lowers_kept_fraction_at_bounded_loss_increase(tmp_path):
-    from runners import train_thresholds as tt
+    from attnbench.runners import train_thresholds as tt
 
     model = _tiny_vit()
     with torch.no_grad():  # a random ViT attends almost uniformly; sharpen it so filtering matters
@@ -369,7 +369,7 @@ def test_training_lowers_kept_fraction_at_bounded_loss_increase(tmp_path):
 def test_vit_cli_on_generated_imagefolder(tmp_path):
     from PIL import Image
 
-    from runners import train_thresholds as tt
+    from attnbench.runners import train_thresholds as tt
 
     g = torch.Generator().manual_seed(0)
     for c in range(2):
@@ -393,7 +393,7 @@ def test_vit_cli_on_generated_imagefolder(tmp_path):
 def test_hf_patch_matches_sdpa_at_large_threshold():
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from runners import train_thresholds as tt
+    from attnbench.runners import train_thresholds as tt
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -417,7 +417,7 @@ def test_hf_patch_matches_sdpa_at_large_threshold():
 _KERNEL_SCRIPT = textwrap.dedent(
     """
     import torch
-    from methods.latte import Latte
+    from attnbench.methods.latte import Latte
     torch.manual_seed(0)
     worst, kept_diff = 0.0, 0.0
     for nq, nk, d, causal, score, th in [(50, 50, 16, True, "int8", 1.0), (37, 70, 24, False, "float", 2.0),
@@ -447,7 +447,7 @@ def test_triton_kernel_matches_torch_in_interpreter():
 
 @pytest.mark.slow
 def test_smollm2_patch_exact_at_large_threshold():
-    from runners import train_thresholds as tt
+    from attnbench.runners import train_thresholds as tt
 
     model, tok = tt.load_smollm2()
     ids = tok("def add(a, b):\n    return a + b\n\nprint(add(1, 2))", return_tensors="pt").input_ids[:, :32]

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-import methods
-from core.measure import Meter
-from runners.run import run
-from tasks.adapters import hf
-from tasks.lm import LanguageModelTask
-from tasks.models.causal_lm import byte_tokenizer, tiny_llama
+from attnbench import methods
+from attnbench.core.measure import Meter
+from attnbench.runners.run import run
+from attnbench.tasks.adapters import hf
+from attnbench.tasks.lm import LanguageModelTask
+from attnbench.tasks.models.causal_lm import byte_tokenizer, tiny_llama
 
 CPU = torch.device("cpu")
 QUICK = {"warmup": 1, "min_samples": 1, "max_samples": 1, "min_run_s": 0.0, "max_run_s": 0.0, "memory": False}

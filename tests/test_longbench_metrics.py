@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from tasks.datasets import longbench as lb
-from tasks.datasets.longbench import (classification, code_sim, count, first_code_line, fuzz_ratio_python, lcs_length,
+from attnbench.tasks.datasets import longbench as lb
+from attnbench.tasks.datasets.longbench import (classification, code_sim, count, first_code_line, fuzz_ratio_python, lcs_length,
                                       lcs_tokens, longbench_score, qa_f1, retrieval, rouge_l, rouge_l_summary)
 
 rouge = pytest.importorskip("rouge")

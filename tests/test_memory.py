@@ -3,8 +3,8 @@ quadruples) when n doubles. Budgets are kept small so the O(n) terms dominate.""
 import pytest
 import torch
 
-import methods
-from core.measure import cpu_peak_memory_mb
+from attnbench import methods
+from attnbench.core.measure import cpu_peak_memory_mb
 
 SUBQUADRATIC = {
     "performer": ({"nb_features": 32}, False),
@@ -35,7 +35,7 @@ def test_peak_memory_grows_subquadratically(name):
 
 
 def test_the_check_detects_quadratic_memory():
-    from methods.exact import dense_attention
+    from attnbench.methods.exact import dense_attention
 
     g = torch.Generator().manual_seed(0)
     sizes = []

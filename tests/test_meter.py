@@ -4,7 +4,7 @@ import itertools
 import pytest
 import torch
 
-from core.measure import Measurement, Meter, bootstrap_speedup
+from attnbench.core.measure import Measurement, Meter, bootstrap_speedup
 
 
 class FakeClock:
@@ -146,7 +146,7 @@ def test_threads_are_pinned_and_recorded():
 
 
 def test_progress_lines_with_time_left_and_quiet(capsys):
-    from core.progress import Progress
+    from attnbench.core.progress import Progress
 
     clock = FakeClock()
     p = Progress("imagenet: batch", 4, every_s=10.0, clock=clock)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods import build
-from methods.exact import dense_attention
-from methods.nystromformer import iterative_pinv, segment_means
+from attnbench.methods import build
+from attnbench.methods.exact import dense_attention
+from attnbench.methods.nystromformer import iterative_pinv, segment_means
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -105,7 +105,7 @@ def reference_formula(q, k, v, n_land, pinv_iters=6):
 
 @pytest.mark.parametrize("block", [1, 7 * 2 * 3 * 8, 1 << 30])
 def test_chunked_equals_unchunked(monkeypatch, block):
-    import methods.nystromformer as nys
+    import attnbench.methods.nystromformer as nys
 
     # uneven chunks (block // (B·H·L) = 7 tokens), one token per chunk, and a single chunk
     monkeypatch.setattr(nys, "SCORE_TILE_ELEMS", block)
@@ -116,7 +116,7 @@ def test_chunked_equals_unchunked(monkeypatch, block):
 
 
 def test_chunked_gradients_match_unchunked(monkeypatch):
-    import methods.nystromformer as nys
+    import attnbench.methods.nystromformer as nys
 
     q, k, v = qkv(nq=40, nk=33, dv=4, seed=4)
     m = build("nystromformer", num_landmarks=8)
@@ -131,7 +131,7 @@ def test_chunked_gradients_match_unchunked(monkeypatch):
 
 
 def test_no_whole_sequence_score_matrix():
-    from core.measure import cpu_peak_memory_mb
+    from attnbench.core.measure import cpu_peak_memory_mb
 
     n, h, n_land = 16384, 8, 256
     q, k, v = qkv(b=1, h=h, nq=n, d=8, dv=8, dtype=torch.float32)

@@ -14,17 +14,17 @@ import pytest
 import torch
 import yaml
 
-import methods
+from attnbench import methods
 from conftest import ROOT, rel_err, tolerance
-from core import registry
-from core.knobs import preset_knobs, preset_methods
-from methods.exact import dense_attention
-from methods.peers import INSTALL, PeerMethod
-from methods.peers.nystrom_attention import NystromAttentionPeer
-from methods.peers.performer_pytorch import PerformerPytorch
-from methods.peers.reformer_pytorch import ReformerPytorch
-from runners.check import run_checks
-from runners.run import missing_package, run
+from attnbench.core import registry
+from attnbench.core.knobs import preset_knobs, preset_methods
+from attnbench.methods.exact import dense_attention
+from attnbench.methods.peers import INSTALL, PeerMethod
+from attnbench.methods.peers.nystrom_attention import NystromAttentionPeer
+from attnbench.methods.peers.performer_pytorch import PerformerPytorch
+from attnbench.methods.peers.reformer_pytorch import ReformerPytorch
+from attnbench.runners.check import run_checks
+from attnbench.runners.run import missing_package, run
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -160,7 +160,7 @@ def test_performer_same_projection_same_output(scale):
     """With one projection, the package's FastAttention and the suite's eps = 1e-4 features
     (``blocked_linear_attention``) are the same estimator: equal up to float64 rounding."""
     pytest.importorskip("performer_pytorch")
-    from methods.performer import blocked_linear_attention, draw_orthogonal_features
+    from attnbench.methods.performer import blocked_linear_attention, draw_orthogonal_features
 
     q, k, v = qkv(heads=3, dv=24)
     m = PerformerPytorch(nb_features=64)

@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-import methods
-from methods.exact import dense_attention
-from methods.performer import draw_orthogonal_features, softmax_kernel_features
+from attnbench import methods
+from attnbench.methods.exact import dense_attention
+from attnbench.methods.performer import draw_orthogonal_features, softmax_kernel_features
 from conftest import rel_err
 
 

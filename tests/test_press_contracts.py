@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-import methods
+from attnbench import methods
 from kvpress import ComposedPress, KnormPress, KVPressTextGenerationPipeline
-from tasks.adapters.presses import MethodPress, kept_count, make_press, value_range
-from tasks.kv_cache import byte_tokenizer, tiny_llama
+from attnbench.tasks.adapters.presses import MethodPress, kept_count, make_press, value_range
+from attnbench.tasks.kv_cache import byte_tokenizer, tiny_llama
 
 RATIOS = (0.2, 0.5, 0.8)
 
@@ -224,7 +224,7 @@ def test_task_press_works_with_autograd_in_a_users_loop():
     """The press that ``python run.py method=wildcat task=kv_cache task.dataset=recall`` builds
     (from the task's own config) runs in a loop that never disables autograd: prefill under the
     press, then teacher-forced scoring over the compressed cache, with gradients to the model."""
-    import tasks
+    from attnbench import tasks
 
     model, tok = tiny_llama(seed=0), byte_tokenizer()
     cfg = tasks.resolve({"name": "kv_cache", "dataset": "recall"})

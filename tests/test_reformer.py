@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods import build
-from methods.exact import dense_attention
+from attnbench.methods import build
+from attnbench.methods.exact import dense_attention
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

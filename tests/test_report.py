@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT
-from runners import plots
-from runners import report as report_mod
-from runners.report import (OverwriteRefused, UnknownExperiment, add_derived, build_table, load_grid, report,
+from attnbench.runners import plots
+from attnbench.runners import report as report_mod
+from attnbench.runners.report import (OverwriteRefused, UnknownExperiment, add_derived, build_table, load_grid, report,
                             task_keys)
 
 DATA = Path(__file__).parent / "data"
@@ -196,7 +196,7 @@ def test_report_refuses_to_overwrite_tracked_files(tmp_path):
         report(results, "fixture", out_dir=results, conf_dir=CONF)
     assert committed.read_text() == "committed\n"  # nothing replaced ...
     assert not (results / "fixture_table.md").exists() and not (results / "figures").exists()  # ... nothing written
-    cli = subprocess.run([sys.executable, "-m", "runners.report", "--experiment", "fixture",
+    cli = subprocess.run([sys.executable, "-m", "attnbench.runners.report", "--experiment", "fixture",
                           "--results-dir", str(results), "--out-dir", str(results), "--conf-dir", str(CONF)],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert cli.returncode == 3 and committed.read_text() == "committed\n"
@@ -213,7 +213,7 @@ def test_report_refuses_to_overwrite_tracked_files(tmp_path):
 
 def test_unknown_experiment_exits_nonzero_and_lists_names(tmp_path):
     (tmp_path / "runs").mkdir()
-    res = subprocess.run([sys.executable, "-m", "runners.report", "--experiment", "scalling", "--results-dir",
+    res = subprocess.run([sys.executable, "-m", "attnbench.runners.report", "--experiment", "scalling", "--results-dir",
                           str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2
     assert "unknown experiment 'scalling'" in res.stderr and "scaling" in res.stderr.split("known:")[1]
@@ -369,7 +369,7 @@ def test_sweep_four_configs_then_resume_runs_only_missing(tmp_path):
     assert len(rows) == 4 and all(r["status"] == "ok" and r["experiment"] == "t" for r in rows)
     assert sorted((r["method"], r["n"]) for r in rows) == [("exact", 64), ("exact", 128), ("performer", 64), ("performer", 128)]
     conf = write_conf(tmp_path, "t", "task: {n: [64, 128]}\nhydra: {sweeper: {params: {method: 'exact,performer'}}}\n")
-    res = subprocess.run([sys.executable, "-m", "runners.report", "--experiment", "t", "--results-dir", str(tmp_path),
+    res = subprocess.run([sys.executable, "-m", "attnbench.runners.report", "--experiment", "t", "--results-dir", str(tmp_path),
                           "--conf-dir", str(conf)], cwd=ROOT, capture_output=True, text=True, check=True, timeout=120)
     out_dir = tmp_path / "reports" / "t"
     table = pd.read_csv(out_dir / "t_table.csv")
@@ -391,7 +391,7 @@ def test_experiment_configs_compose_with_budget_coupling():
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import methods
+    from attnbench import methods
 
     want = {"reformer": {"bucket_size": 256}, "performer": {"nb_features": 512},
             "scatterbrain": {"local_context": 256, "nb_features": 512},
@@ -429,7 +429,7 @@ def test_grid_leaves_out_uncovered_presets_and_capped_n():
 
 
 def test_lm_rows_give_ppl_and_agreement_figures_per_context_and_set_vs_unset_knobs_differ(tmp_path):
-    from runners.report import figures, knob_string
+    from attnbench.runners.report import figures, knob_string
 
     rows = pd.DataFrame([
         {"method": m, "n": n, "seed": 0, "status": "ok", "ppl": ppl, "exact_ppl": 6.0, "top1_agreement": agr,

@@ -10,10 +10,10 @@ import pandas as pd
 import torch
 
 from conftest import ROOT
-from methods.exact import dense_attention
-from runners.collect import load_rows, write_tables
-from core.measure import cpu_peak_memory_mb
-from runners.run import run
+from attnbench.methods.exact import dense_attention
+from attnbench.runners.collect import load_rows, write_tables
+from attnbench.core.measure import cpu_peak_memory_mb
+from attnbench.runners.run import run
 
 QUICK = {"warmup": 1, "min_samples": 1, "max_samples": 1, "min_run_s": 0.0, "max_run_s": 0.0, "memory": False}
 
@@ -75,7 +75,7 @@ def test_multirun_two_jobs_two_rows_and_collect(tmp_path):
     df = load_rows(tmp_path)
     paths = write_tables(df, tmp_path)
     assert len(pd.read_csv(paths[0])) == 2 and len(pd.read_parquet(paths[1])) == 2
-    res = subprocess.run([sys.executable, "-m", "runners.collect", "--results-dir", str(tmp_path)], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "attnbench.runners.collect", "--results-dir", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, check=True)
     assert "performer" in res.stdout and "2 rows" in res.stdout
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods import build
-from methods.exact import dense_attention
-from methods.scatterbrain import sb_features
+from attnbench.methods import build
+from attnbench.methods.exact import dense_attention
+from attnbench.methods.scatterbrain import sb_features
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -7,9 +7,9 @@ import pytest
 import torch
 import yaml
 
-from methods import build
-from methods.exact import dense_attention
-from methods.thinformer import Thinformer, _halve, kh_compress
+from attnbench.methods import build
+from attnbench.methods.exact import dense_attention
+from attnbench.methods.thinformer import Thinformer, _halve, kh_compress
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import rel_err
-from methods import build
-from methods.exact import dense_attention
-from methods.rpcholesky import compress_bins, kernel_temperature, lambert_w, rp_cholesky
-from methods.wildcat import WildCat, compress_kv_cache, decode_weighted, weighted_attention, with_weight_channel
-from tasks.datasets.sources import make_qkv
+from attnbench.methods import build
+from attnbench.methods.exact import dense_attention
+from attnbench.methods.rpcholesky import compress_bins, kernel_temperature, lambert_w, rp_cholesky
+from attnbench.methods.wildcat import WildCat, compress_kv_cache, decode_weighted, weighted_attention, with_weight_channel
+from attnbench.tasks.datasets.sources import make_qkv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,7 +184,7 @@ def test_accelerated_stops_when_full_or_exhausted(monkeypatch):
     drawn keys' residuals were reset to the value their acceptance was judged on, seeds 2, 3 and 9
     here left a key just above the floor in d but below it when recomputed: drawn and rejected in
     every round, and the loop ran to its 2r + 8 cap (tiny BigGAN's latency tail)."""
-    import methods.rpcholesky as W
+    import attnbench.methods.rpcholesky as W
 
     rounds = []
     orig = W._block_factor
@@ -240,7 +240,7 @@ def test_pivot_sequence_distribution_is_rpcholesky(block):
 def test_grouped_compression_equals_row_by_row(monkeypatch):
     """With a tiny GROUP_ELEMS the rows are compressed one at a time through a shared workspace:
     the result must equal compressing each row alone with the same random stream."""
-    import methods.rpcholesky as W
+    import attnbench.methods.rpcholesky as W
 
     q, k, v = qkv(n=200, heads=3)
     keys, vals = k[0], v[0]  # (3, 200, ·)
@@ -288,7 +288,7 @@ def test_lambert_w():
 # --------------------------------------------------------------------------- very peaked attention
 def _record_pivots(monkeypatch):
     """Record the pivots every RPCholesky call returns (list of (B, r) tensors)."""
-    import methods.rpcholesky as W
+    import attnbench.methods.rpcholesky as W
 
     seen = []
     for name in ("_rpc_plain", "_rpc_accelerated"):
@@ -371,7 +371,7 @@ def test_peaked_clustered_keys_match_the_formula(monkeypatch):
 def test_moderate_logits_keep_the_split_exponent_path(monkeypatch, std):
     """Where the split-exponent path is finite (here: std ≤ 3, logits ≲ 100) the log-domain
     fallback must not run, so the output is the former one bit for bit."""
-    import methods.rpcholesky as W
+    import attnbench.methods.rpcholesky as W
 
     def fail(*a, **k):
         raise AssertionError("log-domain fallback used")
@@ -389,7 +389,7 @@ def test_log_domain_weights_equal_split_exponent_weights(monkeypatch, dtype):
     """On a problem both paths handle (std 1), the log-domain [Ṽ, w] equals the split-exponent one
     for the same pivots, up to rounding: backward-stable solves of a modestly conditioned G_SS,
     bounded by r·√n·u (u the unit roundoff of the fast path's dtype)."""
-    import methods.rpcholesky as W
+    import attnbench.methods.rpcholesky as W
 
     g = torch.Generator().manual_seed(0)
     B, n, E, D, r = 2, 300, 16, 8, 40
@@ -416,7 +416,7 @@ def test_log_domain_weights_equal_split_exponent_weights(monkeypatch, dtype):
 def test_log_domain_weights_singular_and_empty_pivots():
     """A repeated pivot makes G_SS exactly singular: the minimum-norm solution splits the weight
     between the copies (their sum equals one copy's weight). Empty pivots give zero rows."""
-    import methods.rpcholesky as W
+    import attnbench.methods.rpcholesky as W
 
     g = torch.Generator().manual_seed(0)
     x = 3 * torch.randn(1, 50, 4, generator=g, dtype=torch.float64)
@@ -534,8 +534,8 @@ def test_compress_contract():
 def test_triton_kernel_matches_pytorch_in_interpreter():
     code = r"""
 import torch
-from methods.kernels.wildcat import weighted_attention_triton
-from methods.wildcat import weighted_attention
+from attnbench.methods.kernels.wildcat import weighted_attention_triton
+from attnbench.methods.wildcat import weighted_attention
 torch.manual_seed(0)
 for (B, M, R, E, D) in [(3, 70, 45, 20, 24), (2, 64, 32, 64, 64)]:
     q, k, v = torch.randn(B, M, E), torch.randn(B, R, E), torch.randn(B, R, D)

@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._autotune import describe, keep_or_smallest, launch, tuning_space
+from attnbench.methods.kernels._autotune import describe, keep_or_smallest, launch, tuning_space
 
 # GPU tuning space. First entry = the former choice for query/key blocks of >= 33 rows (64 x 64,
 # Triton's default 4 warps / 3 stages); it is the only one used under the interpreter. LSH blocks are

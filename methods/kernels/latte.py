@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._autotune import describe, keep_or_smallest, launch, tuning_space
+from attnbench.methods.kernels._autotune import describe, keep_or_smallest, launch, tuning_space
 
 # GPU tuning space, shared by both passes. First entry = the former fixed choice (32 x 32, Triton's
 # default 4 warps / 3 stages); it is the only one used under the interpreter. Small tiles skip more

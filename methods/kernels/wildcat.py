@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._autotune import describe, keep_or_smallest, launch, tuning_space
+from attnbench.methods.kernels._autotune import describe, keep_or_smallest, launch, tuning_space
 
 DENOM_EPS = 1e-20
 

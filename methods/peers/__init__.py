@@ -25,7 +25,7 @@ from typing import Iterator
 
 import torch
 
-from ..base import AttentionMethod
+from attnbench.methods.base import AttentionMethod
 
 INSTALL = "pip install -e '.[peers]'"
 

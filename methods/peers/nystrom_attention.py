@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..base import check_positive_int, resolve_budget
-from . import PeerMethod
+from attnbench.methods.base import check_positive_int, resolve_budget
+from attnbench.methods.peers import PeerMethod
 
 
 class _Split(tuple):

@@ -26,8 +26,8 @@ import math
 import torch
 from torch import Tensor
 
-from ..base import check_positive_int
-from . import PeerMethod
+from attnbench.methods.base import check_positive_int
+from attnbench.methods.peers import PeerMethod
 
 
 class PerformerPytorch(PeerMethod):

@@ -38,12 +38,12 @@ implementation), ``unswap`` and ``capture(model, layers, run)`` (capture without
 
 Example (a causal LM, every other layer)::
 
-    from tasks.adapters import hf, set_exact
+    from attnbench.tasks.adapters import hf, set_exact
     ws = hf.swap(model, methods.build("wildcat"), layers="every:2")
     loss = model(input_ids=ids, labels=ids).loss
     set_exact(ws)            # exact in the same layers;  hf.set_native(model) for HF's own SDPA
 """
-from .base import (
+from attnbench.tasks.adapters.base import (
     Captured,
     Family,
     MethodCall,

@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from core.measure import Meter
-from methods.base import AttentionMethod
+from attnbench.core.measure import Meter
+from attnbench.methods.base import AttentionMethod
 
 # Attribute of a Hugging Face attention module holding its hook (see hf.py); ``wrappers`` finds them.
 HF_HOOK_ATTR = "_attnbench_hook"
@@ -193,7 +193,7 @@ def per_layer(method: AttentionMethod | Mapping[str, AttentionMethod] | None, la
     """{label: method} for ``labels``: one method for all (default: one shared exact instance),
     or a mapping that must cover every label."""
     if method is None:
-        import methods
+        from attnbench import methods
 
         method = methods.build("exact")
     if isinstance(method, Mapping):
@@ -287,7 +287,7 @@ def set_exact(swapped: Mapping[str, Any], exact: bool = True) -> None:
     aside; ``exact=False``: give the kept methods back. (Hugging Face models can also go back to
     their own attention implementation with ``hf.set_native``.)"""
     if not _EXACT:
-        import methods
+        from attnbench import methods
 
         _EXACT.append(methods.build("exact"))
     for lab, w in swapped.items():

@@ -12,11 +12,11 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from core.measure import Meter
-from methods.base import AttentionMethod
+from attnbench.core.measure import Meter
+from attnbench.methods.base import AttentionMethod
 
-from . import base
-from .base import MethodCall, Swapped
+from attnbench.tasks.adapters import base
+from attnbench.tasks.adapters.base import MethodCall, Swapped
 
 
 def _self_attn_class() -> type:

@@ -25,11 +25,11 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
-from core.measure import Meter
-from methods.base import AttentionMethod
+from attnbench.core.measure import Meter
+from attnbench.methods.base import AttentionMethod
 
-from . import base
-from .base import HF_HOOK_ATTR, Captured, MethodCall
+from attnbench.tasks.adapters import base
+from attnbench.tasks.adapters.base import HF_HOOK_ATTR, Captured, MethodCall
 
 ATTN_NAME = "attnbench"
 _NATIVE_ATTR = "_attnbench_native"  # on the model: the attention implementation before swap

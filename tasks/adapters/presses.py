@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from kvpress import BasePress
 from kvpress.attention_patch import attention_patch
 
-from methods.base import AttentionMethod
+from attnbench.methods.base import AttentionMethod
 
 WEIGHTED_ATTN = "attnbench_weighted"
 
@@ -109,7 +109,7 @@ weighted_attention = attention_patch(weighted_sdpa)  # keeps kvpress's head-wise
 
 def register_weighted_attention() -> str:
     """Register ``attnbench_weighted`` with transformers, with SDPA's masks (idempotent); returns its name."""
-    from .hf import register_function
+    from attnbench.tasks.adapters.hf import register_function
 
     return register_function(WEIGHTED_ATTN, weighted_attention)
 
@@ -250,7 +250,7 @@ class _SinkWindowPress(BasePress):
 
 
 def _default_wildcat() -> AttentionMethod:
-    import methods
+    from attnbench import methods
 
     return methods.build("wildcat")
 
@@ -270,7 +270,7 @@ class WildCatPress(_SinkWindowPress):
     weighted: ClassVar[bool] = True
 
     def compress(self, module, hidden_states, keys, values, attentions, kwargs):
-        from methods.wildcat import compress_kv_cache
+        from attnbench.methods.wildcat import compress_kv_cache
 
         if self.compression_ratio == 0:
             return keys, values

@@ -15,12 +15,12 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from core.measure import Meter
-from methods.base import AttentionMethod
+from attnbench.core.measure import Meter
+from attnbench.methods.base import AttentionMethod
 
-from ..models.t2t_vit import TokenAttention, TokenPerformer
-from . import base
-from .base import MethodCall, Swapped
+from attnbench.tasks.models.t2t_vit import TokenAttention, TokenPerformer
+from attnbench.tasks.adapters import base
+from attnbench.tasks.adapters.base import MethodCall, Swapped
 
 
 class SwappedTokenAttention(Swapped):

@@ -11,11 +11,11 @@ from typing import Any, Mapping
 
 from torch import Tensor, nn
 
-from core.measure import Meter
-from methods.base import AttentionMethod
+from attnbench.core.measure import Meter
+from attnbench.methods.base import AttentionMethod
 
-from . import base
-from .base import MethodCall, Swapped
+from attnbench.tasks.adapters import base
+from attnbench.tasks.adapters.base import MethodCall, Swapped
 
 try:  # timm's ViT attention (ViT, DeiT and the T2T-ViT backbone blocks)
     from timm.models.vision_transformer import Attention as TimmAttention

@@ -20,7 +20,7 @@ CITIES = ("Lisbon", "Nairobi", "Osaka", "Quito", "Tallinn", "Hobart", "Cusco", "
 
 def filler_ids(tok, n_tokens: int) -> list[int]:
     """Token ids of the local text (at least ``max(200_000, 6·n_tokens)`` characters of it)."""
-    from .local_text import local_text
+    from attnbench.tasks.datasets.local_text import local_text
 
     text = local_text(min_chars=max(200_000, 6 * n_tokens))
     return tok.encode(text, add_special_tokens=False)

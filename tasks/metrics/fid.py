@@ -1,6 +1,6 @@
 """FID and Inception Score helpers for the BigGAN task, and a command for reference statistics.
 
-    python -m tasks.metrics.fid stats IMAGE_FOLDER OUT.npz [--resize 128] [--feature-net inception|tiny]
+    python -m attnbench.tasks.metrics.fid stats IMAGE_FOLDER OUT.npz [--resize 128] [--feature-net inception|tiny]
         [--inception-weights PATH] [--double-normalize] [--batch-size 50] [--device auto] [--limit N]
 
 walks IMAGE_FOLDER recursively (jpg/jpeg/png/... any case), centre-crops each image to a square
@@ -336,7 +336,7 @@ def load_stats(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     path = os.path.expanduser(str(path))
     if not os.path.isfile(path):
         raise FileNotFoundError(f"task.fid_stats={path!r} does not exist; make it with "
-                                f"`python -m tasks.metrics.fid stats IMAGENET_VAL_FOLDER OUT.npz`.")
+                                f"`python -m attnbench.tasks.metrics.fid stats IMAGENET_VAL_FOLDER OUT.npz`.")
     with np.load(path) as f:
         if "mu" not in f or "sigma" not in f:
             raise ValueError(f"task.fid_stats={path!r} has no 'mu'/'sigma' arrays.")
@@ -389,7 +389,7 @@ def folder_features(folder: str, net: nn.Module, resize: int | None, batch_size:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.metrics.fid", description="FID reference statistics.")
+    parser = argparse.ArgumentParser(prog="python -m attnbench.tasks.metrics.fid", description="FID reference statistics.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("stats", help="mu/sigma of an image folder's pool features -> .npz")
     p.add_argument("folder")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..datasets.sources import load_smollm2
+from attnbench.tasks.datasets.sources import load_smollm2
 
 _MODELS: dict[tuple, tuple] = {}  # (model, dtype, device) -> (model, tokenizer): reused across a sweep
 

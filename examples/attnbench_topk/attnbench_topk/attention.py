@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from methods.base import AttentionMethod, check_positive_int
+from attnbench import AttentionMethod, check_positive_int
 
 
 class TopKAttention(AttentionMethod):
