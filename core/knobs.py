@@ -58,10 +58,12 @@ def Float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = F
     return check
 
 
-def ListOf(item: Check, *, min_len: int = 1) -> Check:
-    """A non-empty list of items (a scalar is taken as a one-element list)."""
+def ListOf(item: Check, *, min_len: int = 1, optional: bool = False) -> Check:
+    """A non-empty list of items (a scalar is taken as a one-element list; null with ``optional``)."""
 
     def check(key: str, v: Any) -> Any:
+        if v is None and optional:
+            return None
         items = list(v) if isinstance(v, (list, tuple)) else [v]
         if len(items) < min_len:
             raise ValueError(f"{key} must list at least {min_len} value(s), got {v!r}.")

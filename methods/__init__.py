@@ -13,6 +13,8 @@ if __name__ != "attnbench.methods":  # one name per module: never imported as a 
                       "`attnbench COMMAND` or `python -m attnbench.methods.MODULE`).")
 
 import inspect
+import types
+import typing
 from typing import Any, Mapping
 
 from attnbench.core.registry import Registry, load_target
@@ -50,8 +52,46 @@ def _knobs(label: str, cls: type, params: Mapping[str, Any], prefix: str = "") -
     if unknown:
         raise ValueError(f"method {label!r} has no parameter(s) {unknown}; it accepts {list(accepted)}"
                          f"{f' (as {prefix}<name>)' if prefix else ''}.")
+    hints = _hints(cls)
+    for key in params:
+        if key in hints and _kind_ok(params[key], hints[key]) is False:
+            raise ValueError(f"{prefix or 'method.'}{key} must be {_kind_name(hints[key])}, got {params[key]!r}.")
     return {k: params[k] if k in params else p.default for k, p in accepted.items()
             if k in params or p.default is not inspect.Parameter.empty}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    """The constructor's resolved annotations ({} when they do not resolve, e.g. a plugin's own types)."""
+    try:
+        return typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - annotations are a convenience here, never a requirement
+        return {}
+
+
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+
+
+def _kind_ok(value: Any, tp: Any) -> bool | None:
+    """Whether ``value`` is of the annotated kind (bool, int, float, str, None and unions of them);
+    None when the annotation is of another kind (then the constructor alone checks the value)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        found = [_kind_ok(value, t) for t in typing.get_args(tp)]
+        return True if True in found else None if None in found else False
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str or tp is type(None):
+        return isinstance(value, tp)
+    return None
+
+
+def _kind_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_kind_name(t) for t in typing.get_args(tp))
+    return _KINDS.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 _targets: dict[str, tuple[str, type[AttentionMethod]]] = {}

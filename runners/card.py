@@ -278,6 +278,12 @@ def figure(name: str, cards_dir: Path, out_dir: Path) -> list[Path]:
     return [path]
 
 
+def redraw_figures(cards_dir: str | Path, skip: str | None = None) -> list[Path]:
+    """Redraw the figure of every card in ``cards_dir`` (each among all committed cards) but ``skip``."""
+    cards_dir = Path(cards_dir)
+    return [p for csv in sorted(cards_dir.glob("*.csv")) if csv.stem != skip for p in figure(csv.stem, cards_dir, cards_dir)]
+
+
 def write_card(name: str, results_dir: str | Path = "results", out_dir: str | Path | None = None, *,
                preset: str | None = None, check: bool = True, rows: pd.DataFrame | None = None) -> list[Path]:
     """Write ``<out_dir>/<name>.csv``, ``.png`` and ``.md`` (``out_dir`` defaults to ``results/cards``)."""
@@ -288,6 +294,7 @@ def write_card(name: str, results_dir: str | Path = "results", out_dir: str | Pa
     csv = out / f"{name}.csv"
     pts.to_csv(csv, index=False)
     written = [csv, *figure(name, out, out)]
+    redraw_figures(out, skip=name)  # every other card's figure shows this card's points too
     checks = None
     if check:
         from attnbench.runners.check import run_checks

@@ -37,6 +37,10 @@ class CheckSkipped(Exception):
     """The check does not apply to this method (the reason in one sentence)."""
 
 
+class MissingPackage(Exception):
+    """The method's code needs a package that is not installed: no check can run (one line)."""
+
+
 class CheckKnown(Exception):
     """The check found what the method declares as its reference algorithm's behaviour (not a failure)."""
 
@@ -273,6 +277,8 @@ def run_check(subject: Subject, name: str) -> Result:
         return Result(name, "known", str(why))
     except CheckFailed as why:
         return Result(name, "fail", str(why))
+    except ImportError as err:  # not this check's finding: every other check would repeat it
+        raise MissingPackage((str(err).strip().splitlines() or [type(err).__name__])[0]) from err
     except Exception as err:  # the method crashed: that is a failure of this check
         first = (str(err).strip().splitlines() or [""])[0]
         return Result(name, "fail", f"{type(err).__name__}: {first}")
@@ -315,10 +321,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = compose_method(args.overrides)
         subject = Subject(config, n=args.n)
+        missing = getattr(methods.get(config["name"]), "missing", None) if config["name"] != methods.TARGET else None
+        reason = missing() if callable(missing) else None
+        if reason:
+            raise MissingPackage(f"{subject.label}: {reason}")
+        results = [run_check(subject, c) for c in CHECKS]
+    except MissingPackage as err:
+        print(f"[attnbench] check: {err}", file=sys.stderr)
+        return 2
     except Exception as err:
         print(f"[attnbench] check: {type(err).__name__}: {err}", file=sys.stderr)
         return 2
-    results = [run_check(subject, c) for c in CHECKS]
     print(format_results(f"{subject.label} {_knob_text(subject.config)} (n={args.n})", results))
     return 1 if any(r.status == "fail" for r in results) else 0
 

@@ -54,7 +54,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 
-from attnbench.core.knobs import AnyValue, Choice, Float, Int, ListOf, Mapping_, Str
+from attnbench.core.knobs import Choice, Float, Int, ListOf, Mapping_, Str
 from attnbench.methods.base import AttentionMethod
 from attnbench.core.measure import Meter
 
@@ -107,7 +107,7 @@ class KVCacheTask(Task):
         "ppl_tokens": Int(2),
         "num_samples": Int(1),
         "dataset_path": Str(),
-        "subsets": AnyValue(),  # null (all of the dataset) or a list of subset names, checked in run_longbench
+        "subsets": ListOf(Choice(*METRICS), optional=True),  # null: all of the dataset's subsets
         "limit": Int(1, optional=True),
         "max_context_length": Int(1, optional=True),
     }

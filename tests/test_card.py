@@ -63,7 +63,9 @@ def test_card_writes_points_markdown_and_figure(rows, tmp_path):
 def test_other_cards_points_enter_the_figure_and_a_method_without_rows_is_an_error(rows, tmp_path):
     other = points(rows.assign(method="other", part=rows.apply(part_of, axis=1), knobs=""))
     other.to_csv(tmp_path / "other.csv", index=False)
+    assert not (tmp_path / "other.png").exists()
     assert (tmp_path / "exact.png") in write_card("exact", rows=rows, out_dir=tmp_path, check=False)
+    assert (tmp_path / "other.png").is_file()  # the other card's figure is redrawn with exact's points in it
     with pytest.raises(NoCardRows, match=r"no card rows for method 'wildcat'; run: python run.py \+experiment=card "
                                          r"method=wildcat"):
         write_card("wildcat", rows=rows, out_dir=tmp_path)

@@ -148,6 +148,29 @@ def test_main_exit_codes_and_table(capsys):
     assert main(["method=no_such_method"]) == 2
 
 
+class NeedsAMissingPackage(Good):
+    name = "needs_a_missing_package"
+
+    def _attend(self, q, k, v, *, causal, scale):
+        import no_such_attention_package  # noqa: F401
+
+        return super()._attend(q, k, v, causal=causal, scale=scale)
+
+
+def test_a_missing_package_stops_the_check_with_one_line(capsys, monkeypatch):
+    """An ImportError is not a finding of any one check: the check stops with one line (not one per check)."""
+    assert main(["method=target", f"method.target={__name__}:NeedsAMissingPackage", "--n", "64"]) == 2
+    out, err = capsys.readouterr()
+    assert "PASS" not in out and "FAIL" not in out
+    assert err.strip().count("\n") == 0 and "No module named 'no_such_attention_package'" in err
+    from attnbench.methods.peers import PeerMethod
+
+    monkeypatch.setattr(PeerMethod, "missing", classmethod(lambda cls: f"{cls.package} is not installed: pip install x"))
+    assert main(["method=performer_pytorch", "--n", "64"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip() == "[attnbench] check: performer_pytorch: performer-pytorch is not installed: pip install x"
+
+
 # --- the plugin seam ------------------------------------------------------------------------------------------
 @pytest.fixture
 def entry_points(monkeypatch):

@@ -147,6 +147,25 @@ def test_composed_press(model, name):
         assert composed.compression_ratio == pytest.approx(1 - want / n)
 
 
+@pytest.mark.parametrize("name", ["wildcat", "balance_kv", "method_press"])
+def test_a_kvpress_press_after_a_weighted_press_is_refused(model, name):
+    """A weighted press followed by a kvpress press: the latter keeps head_dim value channels and drops
+    the weight channel, so decoding would read v·w as v. The next forward over that cache is refused
+    with one line naming the order that works; the order that works decodes."""
+    press = SUITE[name](0.5, **SMALL)
+    composed = ComposedPress([press, KnormPress(0.5)])
+    with torch.no_grad():
+        with composed(model):
+            cache = model(tokens(120), past_key_values=DynamicCache()).past_key_values
+        with pytest.raises(ValueError, match=rf"in a ComposedPress put {type(press).__name__} last") as err:
+            model(tokens(1, seed=1), past_key_values=cache)
+        assert "\n" not in str(err.value)
+        with ComposedPress([KnormPress(0.5), SUITE[name](0.5, **SMALL)])(model):
+            cache = model(tokens(120), past_key_values=DynamicCache()).past_key_values
+        out = model(tokens(1, seed=1), past_key_values=cache).logits
+    assert torch.isfinite(out).all() and cache_lengths(cache) == [31, 31]
+
+
 @pytest.fixture(scope="module")
 def pipe():
     m = tiny_llama(seed=0)

@@ -115,18 +115,26 @@ def register_weighted_attention() -> str:
 
 
 def _weighted_update(layer: Any, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any):
-    """Cache-layer ``update`` for weighted caches: a weight-1 channel on new values."""
+    """Cache-layer ``update`` for weighted caches: a weight-1 channel on new values. A weighted layer
+    whose values lost their weight channel (a kvpress press ran after the weighted press in a
+    ``ComposedPress`` and kept ``head_dim`` channels) is refused: decoding would read v·w as v."""
     if layer.values is not None and layer.values.shape[-1] == value_states.shape[-1] + 1:
         value_states = torch.cat((value_states, torch.ones_like(value_states[..., :1])), -1)
+    elif layer.values is not None and layer.values.shape[-1] == value_states.shape[-1]:
+        by = getattr(layer, "weighted_by", "the weighted press")
+        raise ValueError(f"a press after {by} dropped its weight channel from the cache; in a ComposedPress put "
+                         f"{by} last, e.g. ComposedPress([KnormPress(0.5), {by}(...)]).")
     return type(layer).update(layer, key_states, value_states, *args, **kwargs)
 
 
-def make_weighted(layer: Any, vmin: Tensor | None = None, vmax: Tensor | None = None) -> None:
+def make_weighted(layer: Any, vmin: Tensor | None = None, vmax: Tensor | None = None, by: str = "") -> None:
     """Make a cache layer whose values now carry a weight channel append weight-1 channels to new
     values (an instance-level ``update``; the layer's class, e.g. ``DynamicLayer``, is unchanged)
-    and record the prefill's value range for WildCat's clamp (``value_range``)."""
+    and record the prefill's value range for WildCat's clamp (``value_range``) and the press that
+    wrote it (``by``, for the composition error)."""
     layer.update = types.MethodType(_weighted_update, layer)
     layer.vmin, layer.vmax, layer.n_prefill = vmin, vmax, layer.keys.shape[2]
+    layer.weighted_by = by or "the weighted press"
 
 
 def pack_weights(values: Tensor, log_w: Tensor) -> Tensor:
@@ -244,7 +252,7 @@ class _SinkWindowPress(BasePress):
             output = super().forward_hook(module, input, kwargs, output)
         layer = kwargs["past_key_values"].layers[module.layer_idx]
         if layer.values.shape[-1] == layer.keys.shape[-1] + 1:
-            make_weighted(layer, *(self._vrange or (None, None)))
+            make_weighted(layer, *(self._vrange or (None, None)), by=type(self).__name__)
             module._attnbench_layer = layer
         return output
 
