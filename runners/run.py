@@ -55,7 +55,11 @@ def seed_everything(seed: int) -> None:
 
 
 def git_commit() -> str:
-    """HEAD's short hash, with '+dirty' when the working tree differs from it; 'unknown' outside git."""
+    """HEAD's short hash, with '+dirty' when the working tree differs from it, when attnbench runs from
+    its clone (an editable install); 'unknown' otherwise (an installed wheel: ``attnbench_version``
+    says which release ran, and a git repository around site-packages is not ours)."""
+    if not (PROJECT_ROOT / ".git").exists():
+        return "unknown"
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
@@ -66,6 +70,12 @@ def git_commit() -> str:
         return head + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def attnbench_version() -> str:
+    from attnbench import __version__
+
+    return __version__
 
 
 def device_name(device: torch.device) -> str:
@@ -179,7 +189,7 @@ def run(cfg_in: Any, *, raise_errors: bool = False, sweep_dir: str | None = None
         "status": "ok", "error": None, "method": _raw_name(cfg, "method"), "task": _raw_name(cfg, "task"),
         "seed": cfg.get("seed", 0), "experiment": cfg.get("experiment_name"), "sweep_dir": sweep_dir,
         "torch_version": torch.__version__, "cuda_version": torch.version.cuda, "git_commit": git_commit(),
-        "hostname": platform.node(), "load_avg_1m": _load_average(),
+        "attnbench_version": attnbench_version(), "hostname": platform.node(), "load_avg_1m": _load_average(),
     }
     skip = uncovered_preset(cfg) if sweep_dir is not None else None
     if skip:

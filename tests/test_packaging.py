@@ -80,7 +80,24 @@ def test_job_from_another_directory_writes_results_there(tmp_path):
     res = run([sys.executable, "-m", "attnbench", "method=exact", "task.n=[64]", "task.heads=1", "task.head_dim=8",
                "meter=quick", "logger=none", "quiet=true"], cwd=tmp_path)
     assert "exact" in res.stdout
-    assert list((tmp_path / "results" / "runs").glob("*.json")) and (tmp_path / "results" / "hydra").is_dir()
+    (run_file,) = (tmp_path / "results" / "runs").glob("*.json")
+    assert (tmp_path / "results" / "hydra").is_dir()
+    row = json.loads(run_file.read_text())["rows"][0]
+    assert row["attnbench_version"] == attnbench.__version__ and row["git_commit"] not in ("", "unknown")
+
+
+def test_an_installed_copy_inside_someone_elses_repository_records_no_commit(tmp_path, monkeypatch):
+    """Outside its clone (a wheel in site-packages), attnbench never reports the commit of a git
+    repository that happens to surround it."""
+    from attnbench.runners import run as run_module
+
+    site = tmp_path / "project" / "venv" / "site-packages"
+    site.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(tmp_path / "project")], check=True)
+    monkeypatch.setattr(run_module, "PROJECT_ROOT", site)
+    assert run_module.git_commit() == "unknown"
+    monkeypatch.setattr(run_module, "PROJECT_ROOT", ROOT)
+    assert run_module.git_commit() != "unknown"
 
 
 def test_failed_run_ends_with_its_error_not_with_suggestions(tmp_path):
