@@ -1,31 +1,40 @@
 """The GPU check in one command: ``attnbench gpu_check [--out-dir results/gpu] [--quick]``.
 
-Without CUDA it prints one line and exits 0 (the ``cuda`` tests are skipped on such a machine).
-With CUDA it runs these steps, each a subprocess with a timeout; a step that fails or times out
-does not stop the later ones, and the folder ``<out-dir>/<gpu name>/`` (e.g.
-``results/gpu/nvidia-h200/``) is updated after every step:
+``attnbench gpu_check --compile [--out-dir results/gpu] [--targets sm_80,sm_90] [--workers 2]``
+needs no GPU: every Triton kernel x config x launch of the suite compiled ahead of time for sm_80,
+sm_90 and sm_100 (those the triton wheel's ``ptxas`` supports), with registers, spills and shared
+memory (``runners/kernel_compile.py``); ``compile.md`` and ``compile.csv`` in ``<out-dir>``; exit
+status 1 when a launched config fails, spills or exceeds the target's shared memory.
 
-1. ``kernel_tests``: ``python -m pytest -q -m cuda tests/test_cuda_kernels.py`` (every Triton kernel
+Without CUDA (and without ``--compile``) it prints one line and exits 0 (the ``cuda`` tests are
+skipped on such a machine). With CUDA it runs these steps, each a subprocess with a timeout; a
+step that fails or times out does not stop the later ones, and the folder
+``<out-dir>/<gpu name>/`` (e.g. ``results/gpu/nvidia-h200/``) is updated after every step:
+
+1. ``compile``: the compile report above for the device's own target only (``compile.md|csv`` in
+   the folder), with up to 16 worker processes; it passes when every launched config compiles
+   without spills within the target's shared memory.
+2. ``kernel_tests``: ``python -m pytest -q -m cuda tests/test_cuda_kernels.py`` (every Triton kernel
    compiled for real and compared with its PyTorch path on non-divisible shapes in fp16/bf16/fp32);
    JUnit XML in ``kernel_tests.xml``; it passes when some test passed and none failed.
-2. ``scaling``, ``scaling_causal``: the scaling experiments (conf/experiment/*.yaml, each a sweep
+3. ``scaling``, ``scaling_causal``: the scaling experiments (conf/experiment/*.yaml, each a sweep
    over its methods) in bf16, batch 1, 32 heads, head dim 64, n = 4k … 128k, against exact
    attention (SDPA, which takes its flash backend for bf16 on CUDA), with a small meter budget
    (at least 3 samples, 0.2 s to 5 s per measurement); rows in ``runs/`` (a killed sweep keeps the
    rows it finished; a rerun into the same folder skips the finished runs). A sweep exits 0 past
    failed runs (their rows say ``status=error``), so its step is ``partial`` when some rows are
    errors (e.g. out of memory at 128k) and ``failed`` when none is ok.
-3. ``report_scaling``, ``report_scaling_causal``: ``attnbench report`` for each experiment:
+4. ``report_scaling``, ``report_scaling_causal``: ``attnbench report`` for each experiment:
    ``<experiment>_table.md|csv`` and ``figures/`` in the same folder.
 
 Also written: ``versions.json`` (GPU name, capability, memory, driver, torch, triton, CUDA, cuDNN,
 Python, git commit) first, and after every step ``steps.json`` (command, status, seconds, log) and
 ``README.md`` (what passed, what failed, what is still to run, which n each method has rows for);
-each step's output goes to ``logs/<step>.log``. The default timeouts (tests 120 s, each sweep
-140 s, each report 40 s: 8 min in all; ``--*-timeout-s`` change them) fit a short lease on one
-H200. Each sweep runs its methods one after another (one process, Hydra's basic launcher), every
-n per method, so a method still running when its sweep's time is up leaves the later methods
-unmeasured: README.md lists them as not reached. ``--quick``: n = 4k … 16k and one timed sample
+each step's output goes to ``logs/<step>.log``. The default timeouts (compile 60 s, tests 110 s,
+each sweep 125 s, each report 30 s: 8 min in all; ``--*-timeout-s`` change them) fit a short lease
+on one H200. Each sweep runs its methods one after another (one process, Hydra's basic
+launcher), every n per method, so a method still running when its sweep's time is up leaves the
+later methods unmeasured: README.md lists them as not reached. ``--quick``: n = 4k … 16k and one timed sample
 per measurement, a smoke run of the whole chain. Exit status: 0 when every step passed, 1
 otherwise.
 """
@@ -45,6 +54,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from attnbench.runners import kernel_compile
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTICE = "no CUDA device: the GPU check needs one; the `cuda` tests are skipped here"
 
@@ -54,7 +65,8 @@ N_QUICK = [4096, 8192, 16384]
 HEADS, DTYPE = 32, "bfloat16"
 METER_FULL = ["meter.min_samples=3", "meter.min_run_s=0.2", "meter.max_run_s=5"]
 METER_QUICK = ["meter.min_samples=1", "meter.max_samples=1", "meter.min_run_s=0", "meter.max_run_s=0"]
-TESTS_TIMEOUT_S, SWEEP_TIMEOUT_S, REPORT_TIMEOUT_S = 120.0, 140.0, 40.0  # 8 min in all
+COMPILE_TIMEOUT_S, TESTS_TIMEOUT_S, SWEEP_TIMEOUT_S, REPORT_TIMEOUT_S = 60.0, 110.0, 125.0, 30.0  # 8 min in all
+DEVICE_COMPILE_WORKERS = 16  # compile processes of the device's compile step (a GPU host has the cores)
 
 
 @dataclass
@@ -159,9 +171,25 @@ def sweep_overrides(experiment: str, out: Path, quick: bool = False) -> list[str
     ]
 
 
-def steps(out: Path, *, quick: bool = False, tests_timeout_s: float = TESTS_TIMEOUT_S,
+def compile_target(capability: str | None) -> str | None:
+    """``sm_90`` for a device of capability ``9.0``; None (every default target) when unknown."""
+    if not capability:
+        return None
+    major, _, minor = capability.partition(".")
+    return f"sm_{int(major) * 10 + int(minor or 0)}"
+
+
+def steps(out: Path, *, quick: bool = False, capability: str | None = None,
+          compile_timeout_s: float = COMPILE_TIMEOUT_S, tests_timeout_s: float = TESTS_TIMEOUT_S,
           sweep_timeout_s: float = SWEEP_TIMEOUT_S, report_timeout_s: float = REPORT_TIMEOUT_S) -> list[Step]:
+    """The check's steps; ``capability`` (``"9.0"``) picks the compile step's target."""
     py = sys.executable
+    target = compile_target(capability)
+    workers = min(DEVICE_COMPILE_WORKERS, os.cpu_count() or 1)
+    compile_ = Step("compile", f"every Triton kernel x config compiled for {target or 'every target'} "
+                               "(registers, spills, shared memory)",
+                    [py, "-m", "attnbench.runners.gpu_check", "--compile", "--out-dir", str(out),
+                     "--workers", str(workers), *(["--targets", target] if target else [])], compile_timeout_s)
     tests = Step("kernel_tests", "Triton kernels vs PyTorch (pytest -m cuda tests/test_cuda_kernels.py)",
                  [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
                   f"--junitxml={out / 'kernel_tests.xml'}", "tests/test_cuda_kernels.py"], tests_timeout_s)
@@ -171,7 +199,7 @@ def steps(out: Path, *, quick: bool = False, tests_timeout_s: float = TESTS_TIME
     reports = [Step(f"report_{e}", f"report {e} (tables, figures)",
                     [py, "-m", "attnbench.runners.report", "--experiment", e, "--results-dir", str(out), "--out-dir", str(out),
                      *report_flags()], report_timeout_s) for e in EXPERIMENTS]
-    return [tests, *sweeps, *reports]
+    return [compile_, tests, *sweeps, *reports]
 
 
 def run_step(step: Step, log_path: Path) -> Result:
@@ -206,13 +234,22 @@ def run_step(step: Step, log_path: Path) -> Result:
 
 
 def check_outputs(res: Result, out: Path) -> Result:
-    """A zero exit is not enough: the kernel tests must have passed some test (not all skipped, which
+    """A zero exit is not enough: the compile report must exist with every row compiled, unspilled and
+    within the limits, the kernel tests must have passed some test (not all skipped, which
     is what a machine where Triton or CUDA does not work gives), and a sweep (which keeps going past
     failed runs and exits 0) passes only when its rows have no error: ``partial`` with some error
     rows, ``failed`` with no ok row at all."""
     if res.status != "passed":
         return res
-    if res.name == "kernel_tests":
+    if res.name == "compile":
+        try:
+            rows = kernel_compile.load_rows(out / "compile.csv")
+        except (OSError, ValueError) as exc:
+            res.status, res.note = "failed", f"no readable compile.csv ({type(exc).__name__})"
+            return res
+        if not rows or not all(r.ok for r in rows):
+            res.status, res.note = "failed", kernel_compile.summary(rows)
+    elif res.name == "kernel_tests":
         counts = junit_counts(out / "kernel_tests.xml")
         if counts is None or counts["passed"] == 0 or counts["failed"]:
             res.status = "failed"
@@ -350,6 +387,12 @@ def readme(info: dict, plan: list[Step], results: list[Result], *, quick: bool, 
         lines.append("Not passed: " + ", ".join(f"{r.name} ({r.status})" for r in bad) + "; see their logs.")
     else:
         lines.append("Every step passed.")
+    if "compile" in by_name:
+        try:
+            lines += ["", f"Compile report (`compile.md`): "
+                          f"{kernel_compile.summary(kernel_compile.load_rows(out / 'compile.csv'))}."]
+        except (OSError, ValueError):
+            pass  # no (readable) report: the step's status says so
     tests = junit_summary(out / "kernel_tests.xml") if "kernel_tests" in by_name else None
     if tests:
         lines += ["", f"Kernel tests (`kernel_tests.xml`): {tests}."]
@@ -369,15 +412,36 @@ def record(out: Path, info: dict, plan: list[Step], results: list[Result], *, qu
 
 
 # --------------------------------------------------------------------------- main
+def compile_report(out_dir: Path, targets: str | None, workers: int) -> int:
+    """``--compile``: the compile report into ``out_dir``; 0 when every row is fine, 1 otherwise, 2 on bad input."""
+    try:
+        caps = None if targets is None else [kernel_compile.parse_target(t) for t in targets.split(",") if t.strip()]
+        rows = kernel_compile.report(out_dir, capabilities=caps, workers=workers)
+    except (ValueError, RuntimeError) as exc:
+        print(f"[compile] {exc}", file=sys.stderr)
+        return 2
+    return 0 if all(r.ok for r in rows) else 1
+
+
 def main(argv: list[str] | None = None, *, runner: Callable[[Step, Path], Result] = run_step) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default="results/gpu",
                     help="results go to <out-dir>/<gpu name>/ (default results/gpu)")
     ap.add_argument("--quick", action="store_true", help="n = 4k … 16k, one sample per measurement (smoke run)")
+    ap.add_argument("--compile", action="store_true",
+                    help="no GPU needed: compile every kernel x config for NVIDIA targets -> <out-dir>/compile.md|csv")
+    ap.add_argument("--targets", default=None,
+                    help="with --compile: comma-separated, e.g. sm_80,sm_90 (default: "
+                         + ",".join(kernel_compile.TARGETS[c][0] for c in kernel_compile.DEFAULT_TARGETS) + ")")
+    ap.add_argument("--workers", type=int, default=kernel_compile.WORKERS,
+                    help=f"with --compile: compile processes (default {kernel_compile.WORKERS})")
+    ap.add_argument("--compile-timeout-s", type=float, default=COMPILE_TIMEOUT_S)
     ap.add_argument("--tests-timeout-s", type=float, default=TESTS_TIMEOUT_S)
     ap.add_argument("--sweep-timeout-s", type=float, default=SWEEP_TIMEOUT_S, help="per scaling sweep")
     ap.add_argument("--report-timeout-s", type=float, default=REPORT_TIMEOUT_S, help="per report")
     args = ap.parse_args(argv)
+    if args.compile:
+        return compile_report(Path(args.out_dir), args.targets, args.workers)
     if not cuda_available():
         print(NOTICE)
         return 0
@@ -390,7 +454,9 @@ def main(argv: list[str] | None = None, *, runner: Callable[[Step, Path], Result
     (out / "logs").mkdir(parents=True, exist_ok=True)
     (out / "kernel_tests.xml").unlink(missing_ok=True)  # a stale one would be read as this run's
     write_json(out / "versions.json", info)
-    plan = steps(out, quick=args.quick, tests_timeout_s=args.tests_timeout_s, sweep_timeout_s=args.sweep_timeout_s,
+    (out / "compile.csv").unlink(missing_ok=True)
+    plan = steps(out, quick=args.quick, capability=info.get("capability"), compile_timeout_s=args.compile_timeout_s,
+                 tests_timeout_s=args.tests_timeout_s, sweep_timeout_s=args.sweep_timeout_s,
                  report_timeout_s=args.report_timeout_s)
     print(f"[gpu_check] {info['gpu']}: {len(plan)} steps, results in {out}", flush=True)
     results: list[Result] = []

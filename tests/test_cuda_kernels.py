@@ -8,8 +8,8 @@ PyTorch path on the same random choices. To keep the compile time short on a fre
 Triton config is a compilation) the kernels run with their first config (``CONFIGS[0]``, passed
 as ``config=``), except one case per kernel (fp32, d = 80) that goes through the autotuner over
 every config, as a real run does; every config is checked against PyTorch in the interpreter by
-``tests/test_kernel_configs.py``. ``attnbench gpu_check`` runs this file first
-(``python -m pytest -m cuda tests/test_cuda_kernels.py``).
+``tests/test_kernel_configs.py``. ``attnbench gpu_check`` runs this file right after its compile
+report (``python -m pytest -m cuda tests/test_cuda_kernels.py``).
 
 Without CUDA they are skipped, except under ``TRITON_INTERPRET=1`` (set before Triton is
 imported), where the same comparisons run on CPU tensors through the Triton interpreter on small

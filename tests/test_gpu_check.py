@@ -1,9 +1,11 @@
 """Tests for runners/gpu_check.py, on the CPU.
 
-The CUDA path is covered in two parts: ``tests/test_cuda_kernels.py`` (its first step) runs here
-in a subprocess under ``TRITON_INTERPRET=1``, where its comparisons go through the Triton
-interpreter on CPU tensors; the rest of the check (steps, output folder, failures that do not stop
-the later steps, timeouts) runs with a fake GPU and a fake step runner, so nothing heavy starts.
+The CUDA path is covered in three parts: its compile step (``--compile``) is
+``runners/kernel_compile.py``, compiled for real in ``tests/test_kernel_compile.py`` and faked
+here; ``tests/test_cuda_kernels.py`` (its kernel-test step) runs here in a subprocess under
+``TRITON_INTERPRET=1``, where its comparisons go through the Triton interpreter on CPU tensors;
+the rest of the check (steps, output folder, failures that do not stop the later steps,
+timeouts) runs with a fake GPU and a fake step runner, so nothing heavy starts.
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def test_no_cuda_in_process(tmp_path, monkeypatch, capsys):
 
 # --------------------------------------------------------------------------- the CUDA tests, in the interpreter
 def test_cuda_kernel_tests_pass_in_interpreter(tmp_path):
-    """The first step of the check, as the check runs it (``-m cuda``), with TRITON_INTERPRET=1."""
+    """The kernel-test step of the check, as the check runs it (``-m cuda``), with TRITON_INTERPRET=1."""
     pytest.importorskip("triton")
     junit = tmp_path / "junit.xml"
     env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
@@ -90,26 +92,33 @@ def test_cuda_kernel_tests_skip_without_cuda_or_interpreter():
 # --------------------------------------------------------------------------- steps
 def test_steps_commands(tmp_path):
     plan = G.steps(tmp_path)
-    assert [s.name for s in plan] == ["kernel_tests", "scaling", "scaling_causal", "report_scaling",
+    assert [s.name for s in plan] == ["compile", "kernel_tests", "scaling", "scaling_causal", "report_scaling",
                                       "report_scaling_causal"]
-    tests = plan[0].cmd
+    comp = plan[0].cmd
+    assert comp[:4] == [sys.executable, "-m", "attnbench.runners.gpu_check", "--compile"]
+    assert comp[comp.index("--out-dir") + 1] == str(tmp_path) and "--targets" not in comp  # device unknown: all
+    assert 1 <= int(comp[comp.index("--workers") + 1]) <= G.DEVICE_COMPILE_WORKERS
+    on_h200 = G.steps(tmp_path, capability="9.0")[0]
+    assert on_h200.cmd[-2:] == ["--targets", "sm_90"] and "sm_90" in on_h200.title
+    assert G.compile_target("10.0") == "sm_100" and G.compile_target(None) is None
+    tests = plan[1].cmd
     assert tests[:3] == [sys.executable, "-m", "pytest"] and ["-m", "cuda"] == tests[4:6]
     assert tests[-1] == "tests/test_cuda_kernels.py" and f"--junitxml={tmp_path / 'kernel_tests.xml'}" in tests
-    for s, exp in zip(plan[1:3], G.EXPERIMENTS):
+    for s, exp in zip(plan[2:4], G.EXPERIMENTS):
         assert s.cmd[:2] == [sys.executable, "run.py"] and "-m" not in s.cmd  # the experiments sweep on their own
         for o in (f"+experiment={exp}", "logger=none", "device=cuda", "task.dtype=bfloat16", "task.heads=32",
                   "task.n=[4096,8192,16384,32768,65536,131072]", "task.exact_max_n=131072",
                   "meter.min_samples=3", "meter.min_run_s=0.2", "meter.max_run_s=5", f"results_dir={tmp_path}"):
             assert o in s.cmd, (o, s.cmd)
-    for s, exp in zip(plan[3:], G.EXPERIMENTS):
+    for s, exp in zip(plan[4:], G.EXPERIMENTS):
         assert s.cmd[:3] == [sys.executable, "-m", "attnbench.runners.report"]
         i = s.cmd.index
         assert s.cmd[i("--experiment") + 1] == exp and s.cmd[i("--results-dir") + 1] == str(tmp_path)
         assert s.cmd[i("--out-dir") + 1] == str(tmp_path)
     assert sum(s.timeout_s for s in plan) <= 8 * 60  # fits a short lease on one GPU
     quick = G.steps(tmp_path, quick=True, sweep_timeout_s=60)
-    assert "task.n=[4096,8192,16384]" in quick[1].cmd and "meter.max_samples=1" in quick[1].cmd
-    assert quick[1].timeout_s == 60
+    assert "task.n=[4096,8192,16384]" in quick[2].cmd and "meter.max_samples=1" in quick[2].cmd
+    assert quick[2].timeout_s == 60
 
 
 @pytest.mark.parametrize("quick", [False, True])
@@ -174,6 +183,9 @@ def test_main_fake_gpu_writes_folder_and_goes_on_after_failures(tmp_path, monkey
         assert json.loads((out / "versions.json").read_text())["gpu"] == "NVIDIA H200"
         assert log_path == out / "logs" / f"{step.name}.log"
         seen.append(step.name)
+        if step.name == "compile":  # what gpu_check --compile writes, for the device's target
+            assert step.cmd[-2:] == ["--targets", "sm_90"]
+            write_compile_csv(out)
         if step.name == "scaling_causal":
             raise RuntimeError("runner broke")
         log_path.write_text("ok\n")
@@ -202,7 +214,7 @@ def test_main_fake_gpu_writes_folder_and_goes_on_after_failures(tmp_path, monkey
         assert key in versions
     steps = json.loads((out / "steps.json").read_text())
     assert [(s["name"], s["status"]) for s in steps] == [
-        ("kernel_tests", "failed"), ("scaling", "timeout"), ("scaling_causal", "error"),
+        ("compile", "passed"), ("kernel_tests", "failed"), ("scaling", "timeout"), ("scaling_causal", "error"),
         ("report_scaling", "passed"), ("report_scaling_causal", "passed")]
     assert all(s["cmd"] for s in steps)
     readme = (out / "README.md").read_text()
@@ -215,8 +227,52 @@ def test_main_fake_gpu_writes_folder_and_goes_on_after_failures(tmp_path, monkey
     assert "| wildcat | none | n = 4096: CUDA out of memory / x |" in readme
     assert "Kernel tests (`kernel_tests.xml`): 3 tests: 1 passed, 1 failed, 1 skipped (failed: b)." in readme
     assert "Rows of scaling_causal" in readme and "| latte | none (not reached) |  |" in readme
-    for s in G.steps(out):
+    assert "Compile report (`compile.md`): 2 kernel x case x config x target: 1 compiled, 1 pruned" in readme
+    for s in G.steps(out, capability="9.0"):
         assert s.title in readme
+
+
+def compile_rows(spill: int = 0) -> list:
+    K = G.kernel_compile
+    return [K.Row("_k", "wildcat", "fp32", 64, "", "BLOCK_M=64,w4,s3", "sm_90", "compiled", registers=128,
+                  spill_stores=spill, spill_loads=spill, stack_bytes=0, shared_bytes=1024, shared_limit=227 * 1024,
+                  compile_s=1.25),
+            K.Row("_k", "wildcat", "fp32", 128, "", "BLOCK_M=64,w4,s3", "sm_90", "pruned", shared_limit=227 * 1024)]
+
+
+def write_compile_csv(out: Path, spill: int = 0) -> None:
+    info = {"triton": "3.8.0", "ptxas": {"sm_90": "12.9"}, "git_commit": "abc"}
+    G.kernel_compile.write_csv(out / "compile.csv", compile_rows(spill), info)
+
+
+def test_compile_csv_round_trip(tmp_path):
+    write_compile_csv(tmp_path)
+    rows = G.kernel_compile.load_rows(tmp_path / "compile.csv")
+    assert [r.__dict__ for r in rows] == [r.__dict__ for r in compile_rows()]
+    assert all(r.ok for r in rows)
+    (tmp_path / "bad.csv").write_text("kernel,module\nx,y\n")
+    with pytest.raises(ValueError, match="no column"):
+        G.kernel_compile.load_rows(tmp_path / "bad.csv")
+
+
+def test_compile_flag_needs_no_gpu(tmp_path, monkeypatch, capsys):
+    """``--compile`` runs the compile report (here a fake) without looking for CUDA; exit 0 when every
+    row is fine, 1 on a spill, 2 on a bad target."""
+    monkeypatch.setattr(G, "cuda_available", lambda: pytest.fail("--compile must not need CUDA"))
+    seen = {}
+
+    def fake_report(out_dir, *, capabilities=None, workers=2):
+        seen.update(out_dir=out_dir, capabilities=capabilities, workers=workers)
+        return compile_rows(seen.get("spill", 0))
+
+    monkeypatch.setattr(G.kernel_compile, "report", fake_report)
+    assert G.main(["--compile", "--out-dir", str(tmp_path), "--targets", "sm_80,sm_90", "--workers", "1"]) == 0
+    assert seen == {"out_dir": tmp_path, "capabilities": [80, 90], "workers": 1}
+    assert G.main(["--compile", "--out-dir", str(tmp_path)]) == 0 and seen["capabilities"] is None
+    seen["spill"] = 8
+    assert G.main(["--compile", "--out-dir", str(tmp_path)]) == 1
+    assert G.main(["--compile", "--targets", "sm_75"]) == 2
+    assert "unknown target 'sm_75'" in capsys.readouterr().err
 
 
 JUNIT_OK = '<testsuite><testcase name="a"/><testcase name="b"><skipped message="y"/></testcase></testsuite>'
@@ -248,6 +304,13 @@ def test_check_outputs(tmp_path):
     assert (r.status, r.note) == ("partial", "some runs have error rows")
     assert G.sweep_coverage(tmp_path, "scaling")["reformer"] == {"ok": [], "error": ["n = 65536, 131072: OOM"]}
     assert G.check_outputs(res("report_scaling"), tmp_path).status == "passed"
+    r = G.check_outputs(res("compile"), tmp_path)
+    assert (r.status, r.note) == ("failed", "no readable compile.csv (FileNotFoundError)")
+    write_compile_csv(tmp_path, spill=4)
+    r = G.check_outputs(res("compile"), tmp_path)
+    assert r.status == "failed" and "1 spilled" in r.note
+    write_compile_csv(tmp_path)
+    assert G.check_outputs(res("compile"), tmp_path).status == "passed"
 
 
 def test_main_all_passed(tmp_path, monkeypatch):
@@ -256,6 +319,8 @@ def test_main_all_passed(tmp_path, monkeypatch):
     out = tmp_path / "tesla-t4"
 
     def ok(step, log):
+        if step.name == "compile":
+            write_compile_csv(out)
         if step.name == "kernel_tests":
             (out / "kernel_tests.xml").write_text(JUNIT_OK)
         if step.name in G.EXPERIMENTS:

@@ -31,16 +31,35 @@ KERNELS = {"wildcat": ["_wildcat_wattn_kernel"], "kdeformer": ["_kde_fwd"], "lat
 
 
 # --------------------------------------------------------------------------- config lists (no interpreter)
+# how each kernel's head dims are chosen in its SPACE: named classes -> (meta kwargs of a launch)
+CLASSES = {
+    "wildcat": {"fp32": lambda d: {"E_P": d, "D_P": d}},
+    "kdeformer": {"fp32": lambda d: {"BLOCK_D": d, "BLOCK_DV": d, "IEEE": True},
+                  "fp16/bf16": lambda d: {"BLOCK_D": d, "BLOCK_DV": d, "IEEE": False}},
+    "latte": {"pass 1": lambda d: {"BLOCK_D": d, "CAUSAL": True},
+              "pass 2 int8": lambda d: {"BLOCK_D": d, "BLOCK_DV": d, "CAUSAL": True, "INT8": True},
+              "pass 2 float": lambda d: {"BLOCK_D": d, "BLOCK_DV": d, "CAUSAL": False, "INT8": False}},
+}
+BIG = {"wildcat": {"M": 4096, "R": 512}, "kdeformer": {"n_q": 4096, "n_k": 4096, "n_blocks": 32, "n_samples": 128},
+       "latte": {"Nq": 2048, "Nk": 2048}}
+TINY = {"wildcat": {"M": 20, "R": 10}, "kdeformer": {"n_q": 160, "n_k": 160, "n_blocks": 10, "n_samples": 8},
+        "latte": {"Nq": 1, "Nk": 2048}}
+
+
 @pytest.mark.parametrize("name", sorted(MODULES))
 def test_configs_are_valid(name):
-    configs = MODULES[name].CONFIGS
-    assert len(configs) >= 4
+    mod = MODULES[name]
+    configs = mod.CONFIGS
+    assert len(configs) >= 4 and configs == [entry[0] for entry in mod.SPACE]
     for c in configs:
         assert A.block_ok(c), A.describe(c)  # powers of two >= 16: tl.dot shapes hold for every config
-        assert c.num_warps in (2, 4, 8) and c.num_stages in (2, 3)
+        assert c.num_warps in (2, 4, 8, 16) and c.num_stages in (2, 3)
     assert len({A.describe(c) for c in configs}) == len(configs)  # no duplicates
     for kernel in KERNELS[name]:  # outside the interpreter the autotuner sees the whole list
-        assert len(getattr(MODULES[name], kernel).configs) == len(configs)
+        assert len(getattr(mod, kernel).configs) == len(configs)
+    for entry in mod.SPACE:  # head dims are buckets of the compile report
+        for dims in entry[1:]:
+            assert set(dims) <= set(A.HEAD_DIMS), (A.describe(entry[0]), dims)
 
 
 def test_tuning_space_and_block_ok():
@@ -49,41 +68,43 @@ def test_tuning_space_and_block_ok():
     assert not A.block_ok(triton.Config({"BLOCK_M": 8, "BLOCK_N": 32}))
     assert not A.block_ok(triton.Config({"BLOCK_M": 48, "BLOCK_N": 32}))
     assert not A.block_ok(triton.Config({}))
+    assert [A.head_dim_bucket(d) for d in (1, 16, 32, 33, 64, 80, 128, 129, 256)] == [32, 32, 32, 64, 64, 128, 128,
+                                                                                       None, None]
 
 
 def _blocks(cs, *names):
     return {tuple(c.kwargs[n] for n in names) for c in cs}
 
 
-def test_prune_wildcat():
-    big = KW._prune(KW.CONFIGS, {"M": 4096, "R": 512}, E_P=64, D_P=64)
-    assert big == KW.CONFIGS
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_prune_keeps_the_configs_of_the_head_dim(name):
+    """On a large problem the prune keeps exactly the configs listed for the head dim's bucket (where
+    the compile report shows them unspilled); every bucket of every class has some; above the buckets
+    every config is a candidate; a tiny problem keeps only small tiles of the bucket's configs."""
+    mod = MODULES[name]
+    for k, (cls, meta) in enumerate(CLASSES[name].items()):
+        for d in A.HEAD_DIMS:
+            want = [e[0] for e in mod.SPACE if d in e[1 + k]]
+            assert want, (name, cls, d)  # pruning never falls back at a covered head dim
+            assert mod._prune(mod.CONFIGS, BIG[name], **meta(d)) == want, (cls, d)
+            assert mod._prune(mod.CONFIGS, BIG[name], **meta(d // 2 + 1)) == want  # padded dims in the bucket
+            tiny = mod._prune(mod.CONFIGS, TINY[name], **meta(d))
+            assert tiny and all(c in want for c in tiny)
+            assert max(c.kwargs["BLOCK_M"] for c in tiny) <= 32, (cls, d, [A.describe(c) for c in tiny])
+        assert mod._prune(mod.CONFIGS, BIG[name], **meta(256)) == mod.CONFIGS
+
+
+def test_prune_sizes():
     small = KW._prune(KW.CONFIGS, {"M": 20, "R": 10}, E_P=64, D_P=64)
-    assert _blocks(small, "BLOCK_M", "BLOCK_R") == {(32, 32)}
-    wide = KW._prune(KW.CONFIGS, {"M": 4096, "R": 512}, E_P=256, D_P=64)
-    assert wide and all(c.kwargs["BLOCK_M"] <= 64 and c.kwargs["BLOCK_R"] <= 32 for c in wide)
-
-
-def test_prune_kdeformer():
-    args = {"n_q": 4096, "n_k": 4096, "n_blocks": 32, "n_samples": 128}  # blocks of 128
-    assert KK._prune(KK.CONFIGS, args, BLOCK_D=64, BLOCK_DV=64) == KK.CONFIGS
+    assert all(c.kwargs["BLOCK_M"] <= 32 and c.kwargs["BLOCK_R"] <= 32 for c in small)
     tiny = KK._prune(KK.CONFIGS, {"n_q": 160, "n_k": 160, "n_blocks": 10, "n_samples": 8},
-                     BLOCK_D=64, BLOCK_DV=64)  # blocks of 16
+                     BLOCK_D=64, BLOCK_DV=64, IEEE=False)  # blocks of 16
     assert _blocks(tiny, "BLOCK_M", "BLOCK_N") == {(16, 16)}
     few_q = KK._prune(KK.CONFIGS, {"n_q": 3, "n_k": 1000, "n_blocks": 10, "n_samples": 40},
-                      BLOCK_D=64, BLOCK_DV=64)
+                      BLOCK_D=64, BLOCK_DV=64, IEEE=False)
     assert few_q and all(c.kwargs["BLOCK_M"] == 16 for c in few_q)
-    wide = KK._prune(KK.CONFIGS, args, BLOCK_D=256, BLOCK_DV=128)
-    assert wide and all(max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 32 for c in wide)
-
-
-def test_prune_latte():
-    assert KL._prune(KL.CONFIGS, {"Nq": 2048, "Nk": 2048}, BLOCK_D=64, BLOCK_DV=64) == KL.CONFIGS
-    assert KL._prune(KL.CONFIGS, {"Nq": 2048, "Nk": 2048}, BLOCK_D=64) == KL.CONFIGS  # pass 1: no BLOCK_DV
-    one_row = KL._prune(KL.CONFIGS, {"Nq": 1, "Nk": 2048}, BLOCK_D=64, BLOCK_DV=64)
+    one_row = KL._prune(KL.CONFIGS, {"Nq": 1, "Nk": 2048}, BLOCK_D=64, BLOCK_DV=64, CAUSAL=True, INT8=True)
     assert one_row and all(c.kwargs["BLOCK_M"] == 16 for c in one_row)
-    wide = KL._prune(KL.CONFIGS, {"Nq": 2048, "Nk": 2048}, BLOCK_D=256, BLOCK_DV=64)
-    assert wide and all(max(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]) <= 64 for c in wide)
     assert KL.MIN_BLOCK_M == min(c.kwargs["BLOCK_M"] for c in KL.CONFIGS)
 
 

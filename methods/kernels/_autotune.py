@@ -12,15 +12,24 @@ kernel's previous fixed choice): with one config ``triton.autotune`` launches it
 timing. The flag is read once, at import, as Triton itself does when it decorates the kernels.
 Every config stays testable in the interpreter through ``launch(..., config=cfg)``, which calls
 the undecorated kernel (``kernel.fn``) with that config.
+
+Every config is compiled ahead of time for sm_80, sm_90 and sm_100 at each launch the suite makes
+(``attnbench gpu_check --compile`` -> ``results/gpu/compile.md``). Each kernel lists, per config,
+the padded head dims it is launched at: those where it compiles on every target with no register
+spill and within shared memory; its pruning (``prune_tiles``) drops it at the others.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import triton
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+# Padded head dims (powers of two >= 16) the kernels are compiled for in the compile report
+# (runners/kernel_compile.py); each config lists those it is launched at. Smaller head dims use
+# the configs of 32.
+HEAD_DIMS = (32, 64, 128)
 
 
 def tuning_space(configs: Sequence[triton.Config]) -> list[triton.Config]:
@@ -43,6 +52,24 @@ def keep_or_smallest(
         return kept
     least = min(size(c) for c in configs)
     return [c for c in configs if size(c) == least]
+
+
+def head_dim_bucket(head_dim: int) -> int | None:
+    """The smallest of ``HEAD_DIMS`` >= ``head_dim`` (None above them)."""
+    return next((b for b in HEAD_DIMS if head_dim <= b), None)
+
+
+def prune_tiles(
+    configs: Sequence[triton.Config], head_dim: int, head_dims: Callable[[triton.Config], Collection[int]],
+    small_enough: Callable[[triton.Config], bool], size: Callable[[triton.Config], int],
+) -> list[triton.Config]:
+    """The configs launched for one problem: those listing ``head_dim``'s bucket in ``head_dims(c)``
+    (where the compile report shows them unspilled on every target), narrowed by
+    ``keep_or_smallest`` to tiles ``small_enough`` for the problem. Above ``HEAD_DIMS`` (outside
+    the report) every config is a candidate."""
+    b = head_dim_bucket(head_dim)
+    fitting = [c for c in configs if b in head_dims(c)] or list(configs)
+    return keep_or_smallest(fitting, small_enough, size)
 
 
 def launch(kernel, grid, args: Sequence, meta: dict, config: triton.Config | None) -> None:

@@ -13,7 +13,8 @@ Runs on CUDA, and on the CPU under ``TRITON_INTERPRET=1`` (tests). fp16/bf16 ope
 ``tl.dot`` as they are (fp32 accumulation); fp32 operands use IEEE fp32 products (no TF32).
 
 Tile sizes are autotuned on the GPU over ``CONFIGS`` (keyed on the sizes and the block/sample
-counts; see ``_autotune``), pruned to tiles no larger than the query block / key block / sample
+counts; see ``_autotune``), pruned to the configs that compile without register spills at the
+head dim and dtype (``SPACE``) and to tiles no larger than the query block / key block / sample
 count need; under ``TRITON_INTERPRET=1`` only the first config is used. Every config is correct
 for any sizes: query rows, keys, samples and head dims are masked.
 """
@@ -26,38 +27,51 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from attnbench.methods.kernels._autotune import describe, keep_or_smallest, launch, tuning_space
+from attnbench.methods.kernels._autotune import HEAD_DIMS, describe, launch, prune_tiles, tuning_space
 
-# GPU tuning space. First entry = the former choice for query/key blocks of >= 33 rows (64 x 64,
-# Triton's default 4 warps / 3 stages); it is the only one used under the interpreter. LSH blocks are
-# bucket_size long (often 64-256) and the sample loop is m long, so 16..128 tiles are tried, the
-# small ones with fewer warps; pruning drops tiles far larger than a block. All dims >= 16.
-CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=2, num_stages=2),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=2, num_stages=2),
+# GPU tuning space: (config, padded head dims it is launched at in fp32, in fp16 / bf16). fp32
+# operands take IEEE products (FMA, no tensor cores) and need far more registers than fp16 / bf16
+# ones (tensor cores): each config is launched only where it compiles with no spill on sm_80,
+# sm_90 and sm_100 (results/gpu/compile.md). LSH blocks are bucket_size long (often 64-256) and
+# the sample loop m long, so 16..128 tiles are tried; pruning drops tiles far larger than a block.
+SPACE = [
+    # The former first tile (the only config under the interpreter), 8 warps instead of 4: with 4 its
+    # fp32 products spill at every head dim; with 8 it fits fp32 at 32, fp16 / bf16 at 64 and 128
+    # (at 32 it spills 8 B on sm_80).
+    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=8, num_stages=3), (32,), (64, 128)),
+    # fp16 / bf16 tiles of 32..128 rows (their fp32 products spill).
+    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3), (), HEAD_DIMS),
+    (triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=2), (), HEAD_DIMS),
+    (triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2), (), HEAD_DIMS),
+    # 128 x 64: fp16 / bf16 at head dim 64 only (spills on sm_80 at 32 and 128).
+    (triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=3), (), (64,)),
+    # 32 x 32 and 16 x 32 with twice the former warps (fp32 spilled from head dim 64 with them).
+    (triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=8, num_stages=3), (32,), HEAD_DIMS),
+    (triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=4, num_stages=2), (32,), HEAD_DIMS),
+    # 16 x 16 (4 warps, 2 before): short blocks and few samples, and every fp32 head dim.
+    (triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2), HEAD_DIMS, HEAD_DIMS),
+    # fp32 at head dim 64: the large tile with 16 warps (it spills at 32 and, on sm_80, at 128).
+    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=16, num_stages=3), (64,), ()),
+    # fp32 at head dim 128: small tiles with 8 warps.
+    (triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=8, num_stages=2), (128,), ()),
+    (triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=8, num_stages=2), (128,), ()),
 ]
+CONFIGS = [c for c, _, _ in SPACE]
+HEAD_DIMS_OF = {describe(c): {True: fp32, False: half} for c, fp32, half in SPACE}  # keyed by IEEE (fp32)
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep tiles no larger than (the next power of two of) a query block / key block or sample
-    count, and at most 32 x 32 tiles when BLOCK_D·BLOCK_DV > 128² (shared memory)."""
+    """Keep the configs launched at this head dim and dtype (``SPACE``) whose tiles are no larger than
+    (the next power of two of) a query block / key block or sample count."""
     nb = max(1, int(named_args["n_blocks"]))
     bq = -(-int(named_args["n_q"]) // nb)
     bn = max(-(-int(named_args["n_k"]) // nb), int(named_args["n_samples"]))
     m_cap, n_cap = max(16, triton.next_power_of_2(bq)), max(16, triton.next_power_of_2(bn))
-    wide = kwargs["BLOCK_D"] * kwargs["BLOCK_DV"] > 128 * 128
-
-    def ok(c):
-        bm, bn_ = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        return bm <= m_cap and bn_ <= n_cap and not (wide and max(bm, bn_) > 32)
-
-    return keep_or_smallest(configs, ok, lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
+    ieee = bool(kwargs["IEEE"])
+    return prune_tiles(configs, max(kwargs["BLOCK_D"], kwargs["BLOCK_DV"]),
+                       lambda c: HEAD_DIMS_OF[describe(c)][ieee],
+                       lambda c: c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap,
+                       lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
 
 
 @triton.autotune(configs=tuning_space(CONFIGS), key=["n_q", "n_k", "n_blocks", "n_samples", "d", "dv"],

@@ -13,8 +13,9 @@ accumulate exactly in fp32, so the keep decisions match the PyTorch path bit for
 This is the suite's kernel (the paper publishes no code); it targets correctness first.
 
 Tile sizes are autotuned on the GPU over ``CONFIGS`` (each pass separately, keyed on the sizes,
-causality and score type; see ``_autotune``); under ``TRITON_INTERPRET=1`` only the first config
-(the former fixed 32 x 32) is used. Outputs and kept counts do not depend on the config; the
+causality and score type; see ``_autotune``), each at the head dims where it compiles without
+register spills (``SPACE``); under ``TRITON_INTERPRET=1`` only the first config (the former fixed
+32 x 32) is used. Outputs and kept counts do not depend on the config; the
 skipped-block fraction does (it counts BLOCK_M x BLOCK_N tiles), so it describes the chosen tiling.
 """
 from __future__ import annotations
@@ -24,36 +25,48 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from attnbench.methods.kernels._autotune import describe, keep_or_smallest, launch, tuning_space
+from attnbench.methods.kernels._autotune import HEAD_DIMS, describe, launch, prune_tiles, tuning_space
 
-# GPU tuning space, shared by both passes. First entry = the former fixed choice (32 x 32, Triton's
-# default 4 warps / 3 stages); it is the only one used under the interpreter. Small tiles skip more
-# (the keep test is per tile), large ones use the tensor cores better: 16..128 query rows and
-# 32..64 keys are tried. All dims >= 16 (tl.dot).
-CONFIGS = [
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=2, num_stages=3),
+# GPU tuning space, shared by both passes: (config, padded head dims it is launched at in pass 1,
+# in pass 2 with int8 scores, in pass 2 with float scores). Pass 1 has one fp16 dot; pass 2 also
+# keeps the fp32 P·V accumulator and, with float scores, takes IEEE fp32 q·k products (FMA, no
+# tensor cores): each config is launched only where it compiles with no spill on sm_80, sm_90 and
+# sm_100 (results/gpu/compile.md). Small tiles skip more (the keep test is per tile), large ones
+# use the tensor cores better: 16..128 query rows and 16..64 keys are tried.
+SPACE = [
+    # The former fixed 32 x 32 (the only config under the interpreter), 8 warps instead of 4 (with 4,
+    # pass 2 spills from head dim 64 with float scores); pass 2 still spills with it at 128, and with
+    # int8 scores at 32 (4 B on sm_90).
+    (triton.Config({"BLOCK_M": 32, "BLOCK_N": 32}, num_warps=8, num_stages=3), HEAD_DIMS, (64,), (32, 64)),
+    # 16..128 query rows, 32..64 keys: pass 2 at the head dims where they fit.
+    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3), HEAD_DIMS, (32, 64), ()),
+    (triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=8, num_stages=3), HEAD_DIMS, (32, 64), (32,)),
+    (triton.Config({"BLOCK_M": 32, "BLOCK_N": 64}, num_warps=4, num_stages=2), HEAD_DIMS, (32,), ()),
+    (triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=2, num_stages=3), HEAD_DIMS, (32, 64), (32,)),
+    # Wide tiles for pass 1 only (pass 2 spills with them on sm_80).
+    (triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=2), HEAD_DIMS, (), ()),
+    (triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2), HEAD_DIMS, (), ()),
+    # Small tiles for head dim 128 in pass 2 (16 x 16 with 8 warps: the only one for float scores).
+    (triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=4, num_stages=2), HEAD_DIMS, HEAD_DIMS, (32, 64)),
+    (triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=8, num_stages=2), HEAD_DIMS, (32, 128), (64, 128)),
+    (triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=8, num_stages=2), (), (128,), ()),
+    (triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=8, num_stages=2), (), (128,), ()),
 ]
+CONFIGS = [c for c, *_ in SPACE]
+HEAD_DIMS_OF = {describe(c): dims for c, *dims in SPACE}  # (pass 1, pass 2 int8, pass 2 float)
 MIN_BLOCK_M = min(c.kwargs["BLOCK_M"] for c in CONFIGS)  # sizes the per-tile counter buffer
 
 
 def _prune(configs, named_args, **kwargs):
-    """Keep tiles no larger than (the next power of two of) Nq / Nk, and at most 64 x 64 tiles
-    when a head dim exceeds 128 (shared memory, registers)."""
+    """Keep the configs launched at this head dim for this pass and score (``SPACE``) whose tiles
+    are no larger than (the next power of two of) Nq / Nk."""
     m_cap = max(16, triton.next_power_of_2(int(named_args["Nq"])))
     n_cap = max(16, triton.next_power_of_2(int(named_args["Nk"])))
-    wide = max(kwargs["BLOCK_D"], kwargs.get("BLOCK_DV", 0)) > 128
-
-    def ok(c):
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        return bm <= m_cap and bn <= n_cap and not (wide and max(bm, bn) > 64)
-
-    return keep_or_smallest(configs, ok, lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
+    which = 0 if "BLOCK_DV" not in kwargs else 1 if kwargs["INT8"] else 2  # pass 1 has no BLOCK_DV
+    return prune_tiles(configs, max(kwargs["BLOCK_D"], kwargs.get("BLOCK_DV", 0)),
+                       lambda c: HEAD_DIMS_OF[describe(c)][which],
+                       lambda c: c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap,
+                       lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])
 
 
 @triton.autotune(configs=tuning_space(CONFIGS), key=["Nq", "Nk", "D", "CAUSAL"],

@@ -7,9 +7,10 @@ reference is ``methods.wildcat.weighted_attention``. One program handles BLOCK_M
 style), so the (M × R) score matrix is never stored. Products use IEEE fp32 (no TF32): the weights
 w can be signed and the quotient is sensitive to rounding in the denominator.
 
-Tile sizes are autotuned on the GPU over ``CONFIGS`` (keyed on M, R, E, D; see ``_autotune``);
-under ``TRITON_INTERPRET=1`` only the first config (the former fixed choice) is used. Every config
-is correct for any sizes: rows, coreset entries and head dims are masked.
+Tile sizes are autotuned on the GPU over ``CONFIGS`` (keyed on M, R, E, D; see ``_autotune``),
+each at the head dims where it compiles without register spills (``SPACE``); under
+``TRITON_INTERPRET=1`` only the first config (the former fixed tile) is used. Every config is
+correct for any sizes: rows, coreset entries and head dims are masked.
 """
 from __future__ import annotations
 
@@ -18,35 +19,43 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from attnbench.methods.kernels._autotune import describe, keep_or_smallest, launch, tuning_space
+from attnbench.methods.kernels._autotune import HEAD_DIMS, describe, launch, prune_tiles, tuning_space
 
 DENOM_EPS = 1e-20
 
-# GPU tuning space. First entry = the former fixed choice (BLOCK_M=64, BLOCK_R=32, Triton's default
-# 4 warps / 3 stages); it is the only one used under the interpreter. M (queries) is usually long and
-# R (coreset) a few hundred, so tall query tiles with 8 warps are tried; BLOCK_R 64 halves the loop
-# trips for large coresets; 32-row tiles cover short inputs and large head dims. All dims >= 16.
-CONFIGS = [
-    triton.Config({"BLOCK_M": 64, "BLOCK_R": 32}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_M": 64, "BLOCK_R": 64}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_R": 32}, num_warps=8, num_stages=2),
-    triton.Config({"BLOCK_M": 128, "BLOCK_R": 64}, num_warps=8, num_stages=3),
-    triton.Config({"BLOCK_M": 32, "BLOCK_R": 32}, num_warps=4, num_stages=2),
-    triton.Config({"BLOCK_M": 32, "BLOCK_R": 64}, num_warps=4, num_stages=3),
+# GPU tuning space: (config, the padded head dims it is launched at). The products are IEEE fp32
+# (FMA, no tensor cores), so registers grow with BLOCK_M x head dim: each config is launched only
+# where it compiles with no spill on sm_80, sm_90 and sm_100 (results/gpu/compile.md).
+SPACE = [
+    # The former fixed tile (the only config under the interpreter), 16 warps instead of 4: with 4 or
+    # 8 its fp32 products spill from head dim 64 (4 warps) or 128 (8 warps).
+    (triton.Config({"BLOCK_M": 64, "BLOCK_R": 32}, num_warps=16, num_stages=3), HEAD_DIMS),
+    # Smaller query tiles for every head dim: short inputs, fewer registers (32 x 32 had 4 warps and
+    # spilled at head dim 128).
+    (triton.Config({"BLOCK_M": 32, "BLOCK_R": 32}, num_warps=8, num_stages=2), HEAD_DIMS),
+    (triton.Config({"BLOCK_M": 16, "BLOCK_R": 32}, num_warps=4, num_stages=2), HEAD_DIMS),
+    # Short coreset tiles: more query rows per program at the same register cost.
+    (triton.Config({"BLOCK_M": 64, "BLOCK_R": 16}, num_warps=8, num_stages=2), HEAD_DIMS),
+    (triton.Config({"BLOCK_M": 32, "BLOCK_R": 16}, num_warps=4, num_stages=2), HEAD_DIMS),
+    # 64-entry coreset tiles halve the loop trips for large coresets (head dims <= 64; 4 warps before).
+    (triton.Config({"BLOCK_M": 32, "BLOCK_R": 64}, num_warps=8, num_stages=2), (32, 64)),
+    # Tall query tiles for long inputs: only at head dim 32, where they fit (64 x 64 had 4 warps; the
+    # former 128 x 64 is dropped: it spilled at head dims 32 and 64 on sm_80).
+    (triton.Config({"BLOCK_M": 128, "BLOCK_R": 32}, num_warps=8, num_stages=2), (32,)),
+    (triton.Config({"BLOCK_M": 64, "BLOCK_R": 64}, num_warps=8, num_stages=2), (32,)),
 ]
+CONFIGS = [c for c, _ in SPACE]
+HEAD_DIMS_OF = {describe(c): dims for c, dims in SPACE}
 
 
 def _prune(configs, named_args, **kwargs):
-    """Drop tiles far larger than the problem, and large tiles for head dims above 128."""
+    """Keep the configs launched at this head dim (``SPACE``) whose tiles are not far larger than the
+    problem (M queries, R coreset entries)."""
     m_cap = max(32, triton.next_power_of_2(int(named_args["M"])))
     r_cap = max(32, triton.next_power_of_2(int(named_args["R"])))
-    wide = max(kwargs["E_P"], kwargs["D_P"]) > 128
-
-    def ok(c):
-        bm, br = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_R"]
-        return bm <= m_cap and br <= r_cap and not (wide and (bm > 64 or br > 32))
-
-    return keep_or_smallest(configs, ok, lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_R"])
+    return prune_tiles(configs, max(kwargs["E_P"], kwargs["D_P"]), lambda c: HEAD_DIMS_OF[describe(c)],
+                       lambda c: c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_R"] <= r_cap,
+                       lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_R"])
 
 
 @triton.autotune(configs=tuning_space(CONFIGS), key=["M", "R", "E", "D"],
