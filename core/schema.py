@@ -29,7 +29,8 @@ METRIC_COLUMNS = [
 
 # identity columns: never metrics even when numeric
 IDENTITY_COLUMNS = {"run_id", "status", "error", "method", "task", "n", "seed", "batch", "heads", "head_dim",
-                    "causal", "device", "torch_version", "cuda_version", "git_commit", "attnbench_version", "hostname",
+                    "causal", "device", "torch_version", "cuda_version", "git_commit", "attnbench_version", "method_version",
+                    "hostname",
                     "experiment",
                     "num_threads", "exact_shared", "budget_clipped", "dtype", "source", "sweep_dir", "finished_at", "preset",
                     "load_avg_1m"}

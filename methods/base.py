@@ -126,6 +126,13 @@ class AttentionMethod(torch.nn.Module):
     supports_cross: bool = True  # Nq != Nk allowed (bidirectional only)
     upcast: bool = True  # compute fp16/bf16 inputs in float32, as the papers' code does
     supports_grad: bool = True  # False: evaluation writes into preallocated buffers; no autograd
+    # the outputs' version (as lm-evaluation-harness versions its tasks): bump it whenever the method's
+    # fixed-seed outputs change (tests/test_method_versions.py fails until then); rows record it as
+    # method_version. version_commits: version (>= 2) -> the commit its outputs date from (default: the
+    # commit that introduced its `version = N` line), so a row without method_version gets the latest
+    # version whose commit is an ancestor of its git_commit (runners/site.py).
+    version: int = 1
+    version_commits: dict[int, str] = {}
 
     def __init__(self) -> None:
         super().__init__()

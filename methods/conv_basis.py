@@ -17,8 +17,10 @@ within eps, with the shifted first column of the current segment" (O(k n d + k T
 evaluations, entries of H computed on demand from Q and K), exponentiation inside the basis, and FFT
 products. Exact when H is a
 k-conv basis whose consecutive terms differ on their first T offsets by more than eps (the paper's
-non-degeneracy); e.g. k = 1 when scores depend only on i - j (ALiBi, rotary-only inputs), and k = n
-always (every column is its own segment).
+non-degeneracy) and no later segment's column matches an earlier one's there (the binary search's
+predicate must be monotone: with b_3 = -b_2 on those offsets, segment 3 passes for segment 1 and both
+boundaries are missed; tests/test_conv_oracle.py); e.g. k = 1 when scores depend only on i - j (ALiBi,
+rotary-only inputs), and k = n always (every column is its own segment).
 
 This suite's reconstruction (no official code is public), stated plainly:
 - Per (batch, head) recovery with its own segment starts, padded to k (unused terms are empty).
@@ -411,6 +413,8 @@ class ConvBasis(AttentionMethod):
     supports_causal = True
     supports_bidirectional = False
     supports_cross = False
+    version = 2
+    version_commits = {2: "114e638fac48"}  # the Conv-Basis arithmetic of that commit
 
     @classmethod
     def exact_knobs(cls, n: int) -> dict:

@@ -15,6 +15,7 @@ class Exact(AttentionMethod):
     PyTorch has them). Computes in the input dtype: it is the speed baseline."""
 
     upcast = False
+    version = 1
 
     @classmethod
     def exact_knobs(cls, n: int) -> dict:

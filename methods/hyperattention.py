@@ -113,6 +113,7 @@ class HyperAttention(AttentionMethod):
 
     supports_causal = True
     supports_bidirectional = True
+    version = 1
     supports_cross = True
 
     @classmethod

@@ -124,6 +124,7 @@ class KDEformer(AttentionMethod):
 
     supports_causal = False
     supports_bidirectional = True
+    version = 1
     supports_cross = True
     upcast = False  # the Triton path takes fp16/bf16 as they are; the PyTorch path upcasts itself
 

@@ -414,6 +414,7 @@ class Latte(AttentionMethod):
 
     supports_causal = True
     supports_bidirectional = True
+    version = 1
     supports_cross = True
 
     @classmethod

@@ -67,6 +67,7 @@ class Nystromformer(AttentionMethod):
 
     supports_causal = False
     supports_bidirectional = True
+    version = 1
     supports_cross = True
 
     def __init__(self, num_landmarks: int = 64, pinv_iters: int = 6):

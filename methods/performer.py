@@ -209,6 +209,8 @@ class Performer(AttentionMethod):
     ``eps`` is added to every feature (0: none; see the module docstring for the eps = 0 shifts).
     """
 
+    version = 1
+
     def __init__(self, nb_features: int | None = None, redraw: bool = True, eps: float = 1e-4, chunk_size: int = 128):
         super().__init__()
         if nb_features is not None:

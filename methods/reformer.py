@@ -87,6 +87,7 @@ class Reformer(AttentionMethod):
     supports_causal = True
     supports_bidirectional = True
     supports_cross = True  # shared_qk=False: any Nq, Nk; shared_qk=True: Nq a multiple of Nk (query chunks)
+    version = 1
 
     @classmethod
     def exact_knobs(cls, n: int) -> dict:

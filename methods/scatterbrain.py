@@ -90,6 +90,7 @@ class ScatterBrain(AttentionMethod):
 
     supports_causal = True
     supports_bidirectional = True
+    version = 1
     supports_cross = True
 
     @classmethod

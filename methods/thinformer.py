@@ -123,6 +123,7 @@ class Thinformer(AttentionMethod):
 
     supports_causal = False
     supports_bidirectional = True
+    version = 1
     supports_cross = True
 
     @classmethod

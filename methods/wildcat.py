@@ -283,6 +283,8 @@ class WildCat(AttentionMethod):
     supports_causal = False
     supports_bidirectional = True
     supports_cross = True
+    version = 2
+    version_commits = {2: "5f97f242aa38"}  # default block=32
 
     @classmethod
     def exact_knobs(cls, n: int) -> dict:

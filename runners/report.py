@@ -60,6 +60,7 @@ METRICS = [
     "peak_mem_mb", "exact_peak_mem_mb", "top1", "top5", "fid", "is_mean", "is_std", "ppl", "exact_ppl", "ppl_increase",
     "score",
     "digit_accuracy", "answer_nll", "kept_fraction", "is_degradation_pct", "fid_degradation_pct",
+    "grad_rel_fro_error", "grad_q_rel_error", "grad_k_rel_error", "grad_v_rel_error",  # task.timed=backward
 ]
 EXTRA_SUFFIXES = ("_speedup", "_latency_ms", "agreement")  # task-specific metric columns kept too
 ROW_AXES = ["n", "batch", "heads", "causal"]  # row columns that become group keys when they vary
@@ -67,6 +68,10 @@ BUDGET_COLUMNS = ["task.budget", "preset.budget", "budget"]
 ERROR_COLUMNS = ["rel_spec_error", "rel_fro_error"]
 LARGE_N = 4096  # latency_slope_large_n fits n >= LARGE_N only
 SKIP_TASK = {"task.n", "task.cache_dir", "task.glove_path", "task.checkpoint", "task.data_root"}
+
+
+# per-line provenance carried into an experiment's table CSV (joined distinct values)
+PROVENANCE = ("git_commit", "method_version")
 
 
 def _num(s: pd.Series) -> pd.Series:
@@ -162,6 +167,11 @@ def build_table(rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     for c in metrics:
         table[f"{c}_mean"] = g[c].mean()
         table[f"{c}_sd"] = g[c].std(ddof=1)
+    for c in PROVENANCE:  # where each line was measured (the site shows it per point; the markdown leaves it out)
+        if c in df:
+            table[c] = g[c].agg(lambda s: ";".join(sorted({str(v) for v in s.dropna()})))
+    if "load_avg_1m" in df:
+        table["load_avg_1m_max"] = g["load_avg_1m"].agg(lambda s: _num(s).max())
     table = table.reset_index()
     slopes = pd.DataFrame(columns=["method", "knobs", "latency_slope", "latency_slope_large_n", "mem_slope",
                                    "n_min", "n_max", "points", "speedup_n", "speedup"])
@@ -209,9 +219,10 @@ def _fmt(v: float) -> str:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """Markdown table: metric columns as 'mean ± sd' (sd left out with one seed)."""
+    """Markdown table: metric columns as 'mean ± sd' (sd left out with one seed); provenance columns
+    (commit, load, method version) stay in the CSV only (the page's setup line names them)."""
     metrics = [c[:-5] for c in table.columns if c.endswith("_mean")]
-    fixed = [c for c in table.columns if not c.endswith(("_mean", "_sd"))]
+    fixed = [c for c in table.columns if not c.endswith(("_mean", "_sd")) and c not in (*PROVENANCE, "load_avg_1m_max")]
     head = fixed + metrics
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in table.iterrows():

@@ -225,6 +225,7 @@ def run(cfg_in: Any, *, raise_errors: bool = False, sweep_dir: str | None = None
         base.update(device=device_name(device), num_threads=meter.num_threads)
         seed_everything(resolved["seed"])
         method = methods.build(resolved["method"]).to(device)
+        base["method_version"] = method.version  # the outputs' version (methods/base.py); the site checks freshness by it
         method.reseed(resolved["seed"])
         task = tasks.build(resolved["task"], device=device, seed=resolved["seed"])
         expected = task.num_rows()

@@ -52,6 +52,7 @@ def test_table_from_fixture_matches_expected(tmp_path):
     # hand-checked values: mean ± sd over two seeds, speed-up from each run's own exact latency
     w64 = got[(got["method"] == "wildcat") & (got["task.budget"] == 64)].iloc[0]
     assert w64["knobs"] == "r=64" and w64["n_seeds"] == 2
+    assert w64["git_commit"] == "abc" and "git_commit" not in (out / "fixture_table.md").read_text()  # CSV only
     assert w64["rel_spec_error_mean"] == pytest.approx(0.22) and w64["rel_spec_error_sd"] == pytest.approx(0.02 * 2**0.5)
     assert w64["speedup_mean"] == pytest.approx((10 / 4 + 11 / 4) / 2)
     md = (out / "fixture_table.md").read_text()

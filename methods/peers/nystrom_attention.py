@@ -58,6 +58,7 @@ class NystromAttentionPeer(PeerMethod):
     pseudo-inverse iterations (the package's defaults: 256 and 6)."""
 
     package, module = "nystrom-attention", "nystrom_attention.nystrom_attention"
+    version = 1
     supports_causal = False
     supports_cross = False
 

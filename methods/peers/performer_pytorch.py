@@ -34,6 +34,7 @@ class PerformerPytorch(PeerMethod):
     """performer-pytorch ``FastAttention`` with ``nb_features`` features (null: int(D ln D))."""
 
     package, module = "performer-pytorch", "performer_pytorch.performer_pytorch"
+    version = 1
     supports_causal = False
 
     def __init__(self, nb_features: int | None = None, redraw: bool = False):

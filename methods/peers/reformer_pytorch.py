@@ -38,6 +38,7 @@ class ReformerPytorch(PeerMethod):
     """reformer-pytorch ``LSHAttention`` (shared-QK) with ``bucket_size`` and ``n_hashes`` rounds."""
 
     package, module = "reformer-pytorch", "reformer_pytorch.reformer_pytorch"
+    version = 1
     supports_cross = False
 
     def __init__(self, bucket_size: int = 64, n_hashes: int = 8):
