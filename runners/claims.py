@@ -1,4 +1,4 @@
-"""Paper claims, checked: each headline claim of the seed papers gets a verdict from the committed tables.
+"""Paper claims, checked: each headline claim of the seed papers and the baselines gets a verdict from the committed tables.
 
 ``attnbench claims [--results-dir results] [--run] [--check]`` reads the tables that
 ``attnbench report ... --out-dir results --force`` (and ``runners.train_thresholds --curve``)
@@ -7,7 +7,8 @@ committed under ``results/``, applies each claim's rule (``runners/claims_regist
 - ``results/claims.md``: claim | paper's number | measured here | settings that differ | verdict, the
   verdict one of *holds*, *holds partly* (which part), *does not hold*, *not measured yet* (the commands
   that make the missing table) or *needs assets* (which, and the commands once they exist), then each
-  claim's rule, rows and commands;
+  claim's rule, the strongest objection an author could raise with what the suite did about it, rows and
+  commands;
 - ``results/conv_basis_knobs.md`` and ``.csv`` (when its table exists): Conv-Basis' best (eps, T,
   fallback) per k on SmolLM2 layers, the evidence page of claim C4.
 
@@ -69,13 +70,16 @@ def render_claims(results_dir: str | Path) -> str:
         "# Paper claims, checked",
         "",
         "Written by `attnbench claims` from the committed tables under `results/` (nothing is rerun; "
-        "`--run` first makes the tables that are missing and need no external assets). Each headline claim of "
-        "the four seed papers (paraphrased, with where it stands in the paper), the paper's number, what the "
+        "`--run` first makes the tables that are missing and need no external assets). The registry judges the "
+        "headline claims of the four seed papers (WildCat, KDEformer, Conv-Basis, LATTE) and of the baselines the "
+        "suite runs (HyperAttention, Performer, Reformer, Nyströmformer, ScatterBrain, Thinformer): each claim "
+        "(paraphrased, with where it stands in the paper), the paper's number, what the "
         "committed rows measure here (linked), the settings that differ from the paper's, and the verdict: "
         f"*{HOLDS}*, *{PARTLY}* (which part), *{FAILS}*, *{MISSING}* (the commands that make the rows) or "
         f"*{ASSETS}* (which, and the commands to run once they exist). Each verdict's rule is printed below the "
-        "table, so a reader can disagree with the rule as well as with the result; claims, rules and commands "
-        "live in `runners/claims_registry.py`.",
+        "table, with the strongest objection an author could raise against a verdict other than *holds* and "
+        "what the suite did about it, so a reader can disagree with the rule as well as with the result; claims, "
+        "rules and commands live in `runners/claims_registry.py`.",
         "",
         "Verdicts: " + ", ".join(f"{counts[v]} {v}" for v in VERDICTS) + ".",
         "",
@@ -97,6 +101,7 @@ def render_claims(results_dir: str | Path) -> str:
             f"filters: {c.filters}.",
             f"- Rule: {c.rule}",
             f"- Verdict: {verdict_text(o)}.",
+            *([f"- Strongest objection: {c.objection} What the suite did: {c.answer}"] if c.objection else []),
             f"- Commands: {commands_text(list(c.experiments))}.",
             f"- Assets: {'; '.join(assets) if assets else 'none beyond this repository (CPU)'}.",
         ]
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = write_pages(args.results_dir, check=args.check)
     for c in CLAIMS:
         o = evaluate(c, args.results_dir)
-        print(f"{c.id:3} {c.paper:10} {o.verdict:17} {c.claim}")
+        print(f"{c.id:3} {c.paper:14} {o.verdict:17} {c.claim}")
     if args.check:
         if changed:
             print("would change: " + ", ".join(map(str, changed)))

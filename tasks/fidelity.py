@@ -46,6 +46,41 @@ def errors(approx: Tensor, exact: Tensor) -> dict[str, float]:
     }
 
 
+def grad_errors(approx: Tensor, exact: Tensor, d: int) -> dict[str, float]:
+    """Relative Frobenius errors of gradients concatenated as [dq, dk, dv] on the last dim (d = q's head
+    dim): all together (``grad_rel_fro_error``) and each one (``grad_q_rel_error`` …)."""
+    a, e = approx.double(), exact.double()
+    out = {"grad_rel_fro_error": float((a - e).norm() / e.norm().clamp_min(1e-300))}
+    for name, sl in (("q", slice(0, d)), ("k", slice(d, 2 * d)), ("v", slice(2 * d, None))):
+        out[f"grad_{name}_rel_error"] = float((a[..., sl] - e[..., sl]).norm() / e[..., sl].norm().clamp_min(1e-300))
+    return out
+
+
+def differentiated(attn: AttentionMethod, q: Tensor, k: Tensor, v: Tensor, timed: str, seed: int,
+                   **kw: Any) -> tuple[Any, Tensor]:
+    """(the callable to time, the forward output) for ``task.timed`` backward / forward_backward: the
+    callable returns the gradients (dq, dk, dv) for a fixed Gaussian cotangent (seeded); ``backward`` runs
+    autograd through the graph of one forward built here (retained), ``forward_backward`` a fresh forward
+    each call."""
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    with torch.enable_grad():
+        out = attn(*leaves, **kw)
+    cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    cot = cot.to(device=out.device, dtype=out.dtype)
+
+    def grads(o: Tensor) -> tuple[Tensor, ...]:
+        return torch.autograd.grad(o, leaves, cot, retain_graph=timed == "backward")
+
+    if timed == "backward":
+        return (lambda: grads(out)), out.detach()
+
+    def forward_backward() -> tuple[Tensor, ...]:
+        with torch.enable_grad():
+            return grads(attn(*leaves, **kw))
+
+    return forward_backward, out.detach()
+
+
 def _bad(key: str, allowed: str, v: Any) -> Any:
     raise ValueError(f"{key} must be {allowed}, got {v!r}.")
 
@@ -65,7 +100,10 @@ class Fidelity(Task):
     ``exact_shared`` true and an unpaired interval. ``task.method_max_n`` ({method: n}) caps the
     n at which a method runs (a quadratic one in a scaling sweep); the skipped n are printed. The
     spectral norm is computed exactly (``torch.linalg.matrix_norm(ord=2)``) rather than by power
-    iteration.
+    iteration. ``task.timed`` (forward, backward, forward_backward) picks the timed region: with
+    backward the method and exact are timed on the gradients of q, k, v through the graph of one
+    forward (``differentiated``), and the row adds ``grad_*`` errors (``grad_errors``) to the forward
+    output's; exact is then never shared.
     """
 
     knobs = {
@@ -85,6 +123,7 @@ class Fidelity(Task):
         "cache_dir": Str(),
         "glove_path": Str(optional=True),
         "method_max_n": Mapping_(),
+        "timed": Choice("forward", "backward", "forward_backward"),
     }
 
     def num_rows(self) -> int:
@@ -96,6 +135,10 @@ class Fidelity(Task):
         if causal == "auto":  # causal only for a causal-only method (e.g. Conv-Basis)
             causal = not method.supports_bidirectional
         exact = methods.build("exact")
+        timed = cfg["timed"]
+        if timed != "forward" and not method.supports_grad:
+            raise ValueError(f"task.timed={timed} needs gradients, but method {method.name} has no autograd "
+                             "(supports_grad=False).")
         for n in capped(cfg, method.name, cfg["n"], "n"):
             data = make_qkv(cfg, n, self.seed, self.device, DTYPES[dtype_name])
             q, k, v = data["q"], data["k"], data["v"]
@@ -114,22 +157,30 @@ class Fidelity(Task):
                 return exact(q, k, v, causal=causal, scale=scale)
 
             method.reseed(self.seed)
+            fwd = None  # timed != forward: the forward outputs (method, exact) beside the timed gradients
+            if timed != "forward":
+                approx, out_m = differentiated(method, q, k, v, timed, self.seed, causal=causal, scale=scale)
+                reference, out_e = differentiated(exact, q, k, v, timed, self.seed, causal=causal, scale=scale) \
+                    if n <= cfg["exact_max_n"] else (None, None)
+                fwd = (out_m, out_e)
             if n > cfg["exact_max_n"]:
-                out = meter.measure(approx, label=f"n{n}")
+                out, ref = meter.measure(approx, label=f"n{n}"), None
                 row.update(meter.results[f"n{n}"].columns())
             else:
-                key = _exact_key(cfg, n, self.seed, self.device, scale, meter) if cfg["share_exact"] else ""
+                key = _exact_key(cfg, n, self.seed, self.device, scale, meter) if cfg["share_exact"] and fwd is None else ""
                 if key in _exact_cache:
                     shared, ref = _exact_cache[key]
                     out, _, comp = meter.compare(approx, label=f"n{n}", exact=shared)
                 else:
                     out, ref, comp = meter.compare(approx, reference, label=f"n{n}")
-                    if cfg["share_exact"]:
+                    if key:
                         _remember_exact(key, comp.exact, ref)
                 row.update(comp.columns(), exact_shared=bool(key in _exact_cache and not comp.paired))
+            if fwd is not None:  # gradients (dq, dk, dv) -> one tensor, concatenated on the last dim
+                out, ref = (torch.cat(g, dim=-1) if g is not None else None for g in (out, ref))
             if not bool(torch.isfinite(out).all()):
                 raise FloatingPointError(f"method {method.name} returned non-finite values at n={n}.")
             if n <= cfg["exact_max_n"]:
-                row.update(errors(out, ref))
+                row.update(errors(out, ref) if fwd is None else {**errors(*fwd), **grad_errors(out, ref, q.shape[-1])})
             row.update(method.extra_stats())
             yield row

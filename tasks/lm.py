@@ -5,6 +5,8 @@ The question: what does an attention approximation cost a language model? A caus
 Hugging Face decoder) reads windows of held-out local text (``tasks/datasets/local_text.py``) of
 ``task.context_length`` tokens; in the layers ``task.layers`` the run's method replaces causal
 attention during the forward (``tasks/adapters/hf.py``), every other layer keeps the model's own.
+Besides the adapter's specs (``all``, ``every:K``, indices), ``first:K`` / ``last:K`` select the first /
+last K layers (HyperAttention's patching of the final layers, ``patch_config='last'``).
 
 One row per context length, on ``task.num_samples`` windows (the same windows for every method):
 
@@ -16,7 +18,7 @@ One row per context length, on ``task.num_samples`` windows (the same windows fo
 - ``attn_latency_ms`` / ``exact_attn_latency_ms`` / ``attn_speedup`` [``_lo``, ``_hi``]: the
   swapped attention calls of the first ``task.timed_layers`` selected layers, on the q, k, v they
   received in a forward of the first window, method and exact timed interleaved (one sample = all
-  those calls);
+  those calls); ``task.timed_layers: null`` times none (no capture forward: perplexity only);
 - ``latency_ms`` / ``exact_latency_ms`` / ``speedup``: the whole forward (decoder, no LM head),
   method against the untouched model, interleaved, for contexts up to ``task.time_forward_max_n``.
 
@@ -40,7 +42,7 @@ import torch
 from torch import Tensor
 
 from attnbench import methods
-from attnbench.core.knobs import AnyValue, Choice, Int, ListOf, Mapping_, Str
+from attnbench.core.knobs import Choice, Int, ListOf, Mapping_, Str
 from attnbench.core.measure import Meter
 from attnbench.core.progress import Progress
 from attnbench.methods.base import AttentionMethod
@@ -54,6 +56,28 @@ from attnbench.tasks.models.causal_lm import load_model
 LOGIT_CHUNK = 1024  # positions per LM-head chunk
 # {model: {(text, L, num_samples, window): scores of the untouched model}}, reused across a sweep's jobs
 _EXACT_SCORES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, tuple[float, int, Tensor]]]" = weakref.WeakKeyDictionary()
+ENDS = ("first", "last")  # task.layers 'first:K' / 'last:K'
+
+
+def check_layers(key: str, v: Any) -> Any:
+    """``task.layers``: 'first:K' / 'last:K' need an integer K >= 1 (checked here); every other spec
+    is checked against the model (``tasks.adapters.base.resolve_layers``)."""
+    if isinstance(v, str) and v.split(":", 1)[0] in ENDS:
+        end, _, k = v.partition(":")
+        if not k.isdigit() or int(k) < 1:
+            raise ValueError(f"{key}={v!r}: '{end}:K' needs an integer K >= 1.")
+    return v
+
+
+def end_layers(spec: Any, count: int) -> Any:
+    """'first:K' / 'last:K' as the indices of the first / last K of ``count`` layers; any other spec
+    unchanged."""
+    if not (isinstance(spec, str) and spec.split(":", 1)[0] in ENDS):
+        return spec
+    end, _, k = spec.partition(":")
+    if int(k) > count:
+        raise ValueError(f"task.layers={spec!r} asks for {k} layers; the model has {count}.")
+    return list(range(int(k))) if end == "first" else list(range(count - int(k), count))
 
 
 @register("lm")
@@ -63,11 +87,11 @@ class LanguageModelTask(Task):
     knobs = {
         "model": Str(),
         "dtype": Choice("auto", "float32", "float16", "bfloat16"),
-        "layers": AnyValue(),  # 'all' | 'every:K' | list of layer indices / labels (checked against the model)
+        "layers": check_layers,  # 'all' | 'every:K' | 'first:K' | 'last:K' | layer indices / labels (checked against the model)
         "context_length": ListOf(Int(2)),
         "num_samples": Int(1),
         "text": Choice(*PARTS),
-        "timed_layers": Int(0),
+        "timed_layers": Int(0, optional=True),
         "time_forward_max_n": Int(0),
         "method_max_n": Mapping_(),
     }
@@ -93,7 +117,8 @@ class LanguageModelTask(Task):
         # is the one with its own attention implementation (hf.set_native). A model kept from an
         # earlier job of the sweep loses that job's hooks first.
         hf.unswap(self.model)
-        self.hooks = hf.swap(self.model, None, layers=cfg["layers"], what="task.layers")
+        layers = end_layers(cfg["layers"], len(hf.candidates(self.model)))
+        self.hooks = hf.swap(self.model, None, layers=layers, what="task.layers")
         self.labels = list(self.hooks)
         self._windows: dict[int, list[Tensor]] = {}
 
@@ -192,7 +217,28 @@ class LanguageModelTask(Task):
             yield row
 
     def _timing(self, approx: Mapping[str, AttentionMethod], ids: Tensor, meter: Meter, length: int) -> dict[str, Any]:
-        """Paired latencies: the timed layers' attention calls on captured inputs, then the forward."""
+        """Paired latencies: the timed layers' attention calls on captured inputs (none when
+        ``task.timed_layers`` is null), then the forward."""
+        row: dict[str, Any] = {}
+        if self.cfg["timed_layers"] is not None:
+            row.update(self._attention_timing(approx, ids, meter, length))
+        if length <= self.cfg["time_forward_max_n"]:
+            def forward(native: bool) -> Tensor:
+                hf.set_native(self.model, native)
+                return self._hidden(ids)
+
+            try:
+                _, _, fwd = meter.compare(lambda: forward(False), lambda: forward(True), label=f"forward{length}")
+            finally:
+                hf.set_native(self.model, False)
+            row.update(fwd.columns())
+            row["tokens_per_s"] = length / (fwd.method.median_ms / 1e3) if fwd.method.median_ms > 0 else math.nan
+        return row
+
+    def _attention_timing(self, approx: Mapping[str, AttentionMethod], ids: Tensor, meter: Meter,
+                          length: int) -> dict[str, Any]:
+        """The first ``task.timed_layers`` swapped layers' attention calls (0: all), method and exact
+        interleaved on the q, k, v they received in a forward of ``ids``."""
         row: dict[str, Any] = {}
         k = self.cfg["timed_layers"] or len(self.labels)
         timed = {lab: self.hooks[lab] for lab in self.labels[:k]}
@@ -206,15 +252,4 @@ class LanguageModelTask(Task):
         _, _, comp = meter.compare(lambda: calls(approx), lambda: calls(None), label=f"attn{length}")
         row.update(comp.columns("attn_"))
         row["timed_layers"] = ",".join(captured)
-        if length <= self.cfg["time_forward_max_n"]:
-            def forward(native: bool) -> Tensor:
-                hf.set_native(self.model, native)
-                return self._hidden(ids)
-
-            try:
-                _, _, fwd = meter.compare(lambda: forward(False), lambda: forward(True), label=f"forward{length}")
-            finally:
-                hf.set_native(self.model, False)
-            row.update(fwd.columns())
-            row["tokens_per_s"] = length / (fwd.method.median_ms / 1e3) if fwd.method.median_ms > 0 else math.nan
         return row

@@ -128,3 +128,19 @@ def test_rows_do_not_depend_on_the_meter_of_earlier_rows():
     one = ppl_at_96(warmup=1, min_samples=1, max_samples=1, min_run_s=0.0, max_run_s=0.0, memory=False)
     many = ppl_at_96(warmup=2, min_samples=4, max_samples=4, min_run_s=0.0, max_run_s=0.0, memory=False)
     assert one == many
+
+
+def test_first_and_last_layer_specs_select_the_ends_of_the_model():
+    for spec, expect in (("first:1", ["layer0"]), ("last:1", ["layer1"]), ("first:2", ["layer0", "layer1"])):
+        task = make_task(layers=spec, num_samples=1, timed_layers=None, time_forward_max_n=0)
+        (row,) = rows_of(task, methods.build("performer", nb_features=8))
+        assert row["layers"] == ",".join(expect)
+        assert not any(c.startswith(("attn_", "latency", "speedup")) for c in row)  # nothing timed
+    with pytest.raises(ValueError, match=r"task.layers='last:3' asks for 3 layers; the model has 2"):
+        make_task(layers="last:3")
+    from attnbench import tasks
+
+    with pytest.raises(ValueError, match=r"task.layers='first:0': 'first:K' needs an integer K >= 1"):
+        tasks.resolve({"name": "lm", "layers": "first:0"})
+    with pytest.raises(ValueError, match=r"task.timed_layers must be an integer >= 0 or null"):
+        tasks.resolve({"name": "lm", "timed_layers": -1})
