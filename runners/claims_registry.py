@@ -1347,6 +1347,6 @@ CLAIMS: list[Claim] = [
         thinformer_judge("biggan", (("fid_mean", False, "FID"), ("is_mean_mean", True, "IS"))),
         "as the paper (BigGAN-deep-512, 5 images per class)",
         objection="None to argue until it runs; the risk is a setting that differs from the paper's.",
-        answer="The experiment follows the WildCat BigGAN code's settings (REFERENCES: the table's raw file) and "
+        answer="The experiment follows the WildCat BigGAN code's settings (BigGAN-deep-512, 5 images per class, seeds 1–5) and "
                "prints the command."),
 ]

@@ -262,11 +262,10 @@ def layer_rows(q: Tensor, k: Tensor, v: Tensor, scale: float, ks: list[int], tar
 # ---------------------------------------------------------------------------------------- runner
 
 def provenance(seed: int, threads: int) -> dict[str, Any]:
-    from attnbench.runners.run import git_commit
+    from attnbench.runners.run import provenance as base
 
     return {"seed": seed, "device": f"cpu ({platform.processor() or platform.machine()}, {threads} threads)",
-            "torch_version": torch.__version__, "numpy_version": np.__version__, "git_commit": git_commit(),
-            "hostname": platform.node()}
+            "numpy_version": np.__version__, **base()}
 
 
 def run(args) -> pd.DataFrame:

@@ -340,10 +340,13 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     model, tok = load_model("smollm2", torch.float32, torch.device("cpu"))
-    df = per_layer(model, tok, args)
+    from attnbench.runners.run import provenance
+
+    stamp = {**provenance(), "method_version": methods.get("wildcat").version}  # WildCat's KV mode is the `method` press
+    df = per_layer(model, tok, args).assign(**stamp)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out_dir / "kv_layers.csv", index=False)
-    mix = None if args.no_mix else run_mixes(model, tok, df, args)
+    mix = None if args.no_mix else run_mixes(model, tok, df, args).assign(**stamp)
     if mix is not None:
         mix.to_csv(args.out_dir / "kv_layers_mix.csv", index=False)
     figure(df, args.out_dir)

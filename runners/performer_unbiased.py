@@ -42,7 +42,7 @@ import torch
 from attnbench import methods
 from attnbench.methods.performer import draw_orthogonal_features, softmax_kernel_features
 from attnbench.runners import plots
-from attnbench.runners.run import git_commit
+from attnbench.runners.run import provenance
 
 FEATURES = (16, 32, 64, 128, 256, 512, 1024)
 INPUTS = (("bounded", {"radius": 2.0, "heads": 4}), ("bounded", {"radius": 4.0, "heads": 4}),
@@ -185,7 +185,7 @@ def figure(d: pd.DataFrame, out_dir: Path, subtitle: str) -> list[Path]:
 def run(n: int, features: tuple[int, ...], seeds: int) -> pd.DataFrame:
     recs = []
     meta = {"n": n, "dtype": "float64", "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
-            "torch_version": torch.__version__, "git_commit": git_commit()}
+            **provenance()}
     for source, knobs in INPUTS:
         label, qkv = inputs(source, knobs, n)
         for r in measure(qkv, features, seeds):

@@ -78,6 +78,12 @@ def attnbench_version() -> str:
     return __version__
 
 
+def provenance() -> dict[str, Any]:
+    """Where and with what a row was made: versions, commit, host and load (every runner's rows carry these)."""
+    return {"torch_version": torch.__version__, "cuda_version": torch.version.cuda, "git_commit": git_commit(),
+            "attnbench_version": attnbench_version(), "hostname": platform.node(), "load_avg_1m": _load_average()}
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -188,8 +194,7 @@ def run(cfg_in: Any, *, raise_errors: bool = False, sweep_dir: str | None = None
     base: dict[str, Any] = {
         "status": "ok", "error": None, "method": _raw_name(cfg, "method"), "task": _raw_name(cfg, "task"),
         "seed": cfg.get("seed", 0), "experiment": cfg.get("experiment_name"), "sweep_dir": sweep_dir,
-        "torch_version": torch.__version__, "cuda_version": torch.version.cuda, "git_commit": git_commit(),
-        "attnbench_version": attnbench_version(), "hostname": platform.node(), "load_avg_1m": _load_average(),
+        **provenance(),
     }
     skip = uncovered_preset(cfg) if sweep_dir is not None else None
     if skip:
