@@ -42,7 +42,11 @@ This suite's reconstruction (no official code is public), stated plainly:
   entries (16 MB; sizes the C allocator reuses: fresh larger buffers cost page faults that, on small
   VMs, took as long as the FFTs). The direct part's gathered W_j tiles hold ``SCORE_TILE_ELEMS`` too.
   Values equal the former evaluation's up to float rounding (the direct part is rounded like a plain
-  product, not like an FFT).
+  product, not like an FFT). While autograd records (training; ``task.timed=backward``), the blocks of
+  heads and channels and the direct part's row chunks are concatenated instead of written into slices
+  of one output: autograd's record of each slice write copies the whole output's gradient in the
+  backward, blocks x output size, which grew as n^2 (the backward's log-log slope 1.38 over 4k-32k).
+  Same kernels, same values; without autograd the slice writes stay (no second copy of the output).
 - Recovery cost: the binary search resolves ``SEARCH_LEVELS`` = 3 steps per oracle call (all 7
   midpoints those steps could probe, evaluated at once; the path through them followed on the host):
   exactly the probes and starts of one probe per step, in a fraction of the small tensor operations
@@ -195,10 +199,11 @@ class SegmentProduct:
     def __call__(self, x: Tensor, *, ones: bool = False) -> Tensor:
         G, n, dtype, device = self.G, self.n, self.dtype, self.device
         ch = x.shape[1] + int(ones)
+        recorded = torch.is_grad_enabled() and (x.requires_grad or self.W.requires_grad)  # autograd records
         if self.Kf:
             # one segment's columns per head; reused across terms (zeroing the last segment) unless autograd
             # records the in-place writes
-            reuse = not (torch.is_grad_enabled() and (x.requires_grad or self.W.requires_grad))
+            reuse = not recorded
             buf = torch.zeros(G, ch, self.size, dtype=dtype, device=device)
             acc = None
             for t in range(self.Kf):
@@ -222,14 +227,20 @@ class SegmentProduct:
             out = torch.zeros(G, ch, n, dtype=dtype, device=device)
         if self.C:
             cols = self.col.clamp(max=n - 1)[:, None, :]
-            xc = torch.empty(G, ch, self.C, dtype=dtype, device=device)
-            xc[:, : x.shape[1]] = x.gather(2, cols.expand(G, x.shape[1], self.C))
+            xc = x.gather(2, cols.expand(G, x.shape[1], self.C)).to(dtype)
             if ones:
-                xc[:, -1] = 1
-            xc *= self.ok[:, None, :]
-            for a in range(self.r0, n, self.rows):
-                b = min(n, a + self.rows)
-                out[..., a:b].baddbmm_(xc, self.A if self.A is not None else self._block(a, b))
+                xc = torch.cat([xc, torch.ones(G, 1, self.C, dtype=dtype, device=device)], dim=1)
+            xc = xc * self.ok[:, None, :]
+            chunks = [(a, min(n, a + self.rows)) for a in range(self.r0, n, self.rows)]
+            if recorded:
+                # out of place: autograd's record of in-place writes into slices of out would copy the whole
+                # of out's gradient once per chunk in the backward (quadratic in n); same kernel, same values
+                out = torch.cat([out[..., : self.r0]] + [
+                    torch.baddbmm(out[..., a:b], xc, self.A if self.A is not None else self._block(a, b))
+                    for a, b in chunks], dim=-1)
+            else:
+                for a, b in chunks:
+                    out[..., a:b].baddbmm_(xc, self.A if self.A is not None else self._block(a, b))
         return out
 
 
@@ -459,7 +470,11 @@ class ConvBasis(AttentionMethod):
         hb = max(1, min(G, SCORE_TILE_ELEMS // (2 * (dv + 1) * n)))  # heads per block
         cb = max(1, min(dv, SCORE_TILE_ELEMS // (2 * hb * n) - 1))  # channels of V per block
         vt = vf.transpose(1, 2)  # (G, dv, n), a view
-        y = torch.empty(G, n, dv, dtype=dtype, device=device)
+        # with autograd recording, the blocks are concatenated rather than written into slices of y: the record
+        # of each slice write would copy the whole of y's gradient in the backward (blocks x |y|: quadratic in n)
+        recorded = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        y = None if recorded else torch.empty(G, n, dv, dtype=dtype, device=device)
+        head_blocks = []
         clamped = torch.empty(G, n, dtype=torch.bool, device=device)
         for g0 in range(0, G, hb):
             g1 = min(G, g0 + hb)
@@ -467,6 +482,7 @@ class ConvBasis(AttentionMethod):
             valid = pos < (n - sg)[..., None]  # (hb, k, n)
             shift = Bg.masked_fill(~valid, float("-inf")).amax(dim=(1, 2))  # (hb,)
             product = SegmentProduct(sg, torch.exp((Bg - shift[:, None, None]).to(fdt)) * valid)
+            channel_blocks = []
             for c0 in range(0, dv, cb):
                 c1 = min(dv, c0 + cb)
                 out = product(vt[g0:g1, c0:c1], ones=True)  # (hb, c1 - c0 + 1, n): [V, 1] in fdt
@@ -474,7 +490,15 @@ class ConvBasis(AttentionMethod):
                 floor = den.amax(dim=1, keepdim=True).clamp_min(torch.finfo(fdt).tiny) * torch.finfo(fdt).eps
                 if c0 == 0:
                     clamped[g0:g1] = den < floor
-                y[g0:g1, :, c0:c1] = (out[:, :-1] / torch.maximum(den, floor)[:, None, :]).transpose(1, 2)
+                block = (out[:, :-1] / torch.maximum(den, floor)[:, None, :]).transpose(1, 2)
+                if recorded:
+                    channel_blocks.append(block.to(dtype))
+                else:
+                    y[g0:g1, :, c0:c1] = block
+            if recorded:
+                head_blocks.append(torch.cat(channel_blocks, dim=-1))
+        if recorded:
+            y = torch.cat(head_blocks, dim=0)
 
         self._stats = {
             "segments_found": float(found.float().mean()),

@@ -1254,8 +1254,8 @@ def readme_block(site: Site) -> str:
             lines.append(f"| {s.title} | {s.x_label} | " + "<br>".join(cells) + " |")
     lines += ["", "Every setting, budget and frontier: [results/LEADERBOARD.md](results/LEADERBOARD.md); interactive "
               "(hover: knobs, interval, load, commit; click: the method's card; freshness of every table): "
-              "[results/site/index.html](results/site/index.html) (`attnbench site`).", "",
-              "![the results page](results/site/screenshot.png)", "", MARK_END]
+              "[results/site/index.html](results/site/index.html) (`attnbench site`; its screenshot is below).", "",
+              MARK_END]
     return "\n".join(lines)
 
 
