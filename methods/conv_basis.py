@@ -42,11 +42,14 @@ This suite's reconstruction (no official code is public), stated plainly:
   entries (16 MB; sizes the C allocator reuses: fresh larger buffers cost page faults that, on small
   VMs, took as long as the FFTs). The direct part's gathered W_j tiles hold ``SCORE_TILE_ELEMS`` too.
   Values equal the former evaluation's up to float rounding (the direct part is rounded like a plain
-  product, not like an FFT). While autograd records (training; ``task.timed=backward``), the blocks of
-  heads and channels and the direct part's row chunks are concatenated instead of written into slices
-  of one output: autograd's record of each slice write copies the whole output's gradient in the
-  backward, blocks x output size, which grew as n^2 (the backward's log-log slope 1.38 over 4k-32k).
-  Same kernels, same values; without autograd the slice writes stay (no second copy of the output).
+  product, not like an FFT). While autograd records (training; ``task.timed=backward``), nothing is
+  written into or read from slices of a larger tensor: blocks are taken with ``split`` and joined with
+  ``cat``, and each FFT term's columns are selected by a mask product instead of a buffer's slice
+  writes. The backward of a slice write copies the whole tensor's gradient and the backward of a slice
+  read builds a zero tensor of the whole input, once per block; as blocks grow in number with n
+  (``SCORE_TILE_ELEMS``), that made the backward quadratic (log-log slope 1.38 over n = 4k-32k, idle;
+  0.5 s of 1.1 s at 32k spent filling zeros). Same values and gradients, bit for bit; without autograd
+  the buffer and slice writes stay (fewer allocations).
 - Recovery cost: the binary search resolves ``SEARCH_LEVELS`` = 3 steps per oracle call (all 7
   midpoints those steps could probe, evaluated at once; the path through them followed on the host):
   exactly the probes and starts of one probe per step, in a fraction of the small tensor operations
@@ -201,27 +204,37 @@ class SegmentProduct:
         ch = x.shape[1] + int(ones)
         recorded = torch.is_grad_enabled() and (x.requires_grad or self.W.requires_grad)  # autograd records
         if self.Kf:
-            # one segment's columns per head; reused across terms (zeroing the last segment) unless autograd
-            # records the in-place writes
-            reuse = not recorded
-            buf = torch.zeros(G, ch, self.size, dtype=dtype, device=device)
             acc = None
-            for t in range(self.Kf):
-                if t > 0 and not reuse:
-                    buf = torch.zeros(G, ch, self.size, dtype=dtype, device=device)
-                for g in range(G):
-                    lo, hi = self.lo[g], self.hi[g]
-                    if t > 0 and reuse and hi[t - 1] > lo[t - 1]:
-                        buf[g, :, lo[t - 1] : hi[t - 1]] = 0
-                    if hi[t] > lo[t]:
-                        if ones:
-                            buf[g, :-1, lo[t] : hi[t]] = x[g, :, lo[t] : hi[t]]
-                            buf[g, -1, lo[t] : hi[t]] = 1
-                        else:
-                            buf[g, :, lo[t] : hi[t]] = x[g, :, lo[t] : hi[t]]
-                fx = torch.fft.rfft(buf, dim=-1)  # (G, ch, size // 2 + 1)
-                acc = fx * self.fw[:, t, None, :] if acc is None else acc.addcmul_(fx, self.fw[:, t, None, :])
-            del buf, fx
+            if recorded:
+                # autograd: each term's columns selected by a mask (a product, whose backward is one product),
+                # not written into a buffer's slices (each write's backward copies the whole buffer's gradient)
+                xo = x.to(dtype)
+                if ones:
+                    xo = torch.cat([xo, torch.ones(G, 1, n, dtype=dtype, device=device)], dim=1)
+                cols = torch.arange(n, device=device)
+                lo, hi = torch.tensor(self.lo, device=device), torch.tensor(self.hi, device=device)  # (G, Kf)
+                for t in range(self.Kf):
+                    mask = (cols >= lo[:, t, None]) & (cols < hi[:, t, None])  # (G, n)
+                    fx = torch.fft.rfft(xo * mask[:, None, :], n=self.size, dim=-1)
+                    acc = fx * self.fw[:, t, None, :] if acc is None else acc + fx * self.fw[:, t, None, :]
+            else:
+                # one segment's columns per head, in one buffer reused across terms (zeroing the last segment)
+                buf = torch.zeros(G, ch, self.size, dtype=dtype, device=device)
+                for t in range(self.Kf):
+                    for g in range(G):
+                        lo, hi = self.lo[g], self.hi[g]
+                        if t > 0 and hi[t - 1] > lo[t - 1]:
+                            buf[g, :, lo[t - 1] : hi[t - 1]] = 0
+                        if hi[t] > lo[t]:
+                            if ones:
+                                buf[g, :-1, lo[t] : hi[t]] = x[g, :, lo[t] : hi[t]]
+                                buf[g, -1, lo[t] : hi[t]] = 1
+                            else:
+                                buf[g, :, lo[t] : hi[t]] = x[g, :, lo[t] : hi[t]]
+                    fx = torch.fft.rfft(buf, dim=-1)  # (G, ch, size // 2 + 1)
+                    acc = fx * self.fw[:, t, None, :] if acc is None else acc.addcmul_(fx, self.fw[:, t, None, :])
+                del buf
+            del fx
             out = torch.fft.irfft(acc, n=self.size, dim=-1)[..., :n]
         else:
             out = torch.zeros(G, ch, n, dtype=dtype, device=device)
@@ -233,11 +246,12 @@ class SegmentProduct:
             xc = xc * self.ok[:, None, :]
             chunks = [(a, min(n, a + self.rows)) for a in range(self.r0, n, self.rows)]
             if recorded:
-                # out of place: autograd's record of in-place writes into slices of out would copy the whole
-                # of out's gradient once per chunk in the backward (quadratic in n); same kernel, same values
-                out = torch.cat([out[..., : self.r0]] + [
-                    torch.baddbmm(out[..., a:b], xc, self.A if self.A is not None else self._block(a, b))
-                    for a, b in chunks], dim=-1)
+                # out of place, pieces by split: autograd's record of in-place writes into slices of out (and the
+                # backward of each slice) would make a tensor of out's whole size per chunk; same kernel, same values
+                pieces = out.split([self.r0] + [b - a for a, b in chunks], dim=-1)
+                out = torch.cat([pieces[0]] + [
+                    torch.baddbmm(piece, xc, self.A if self.A is not None else self._block(a, b))
+                    for piece, (a, b) in zip(pieces[1:], chunks)], dim=-1)
             else:
                 for a, b in chunks:
                     out[..., a:b].baddbmm_(xc, self.A if self.A is not None else self._block(a, b))
@@ -476,25 +490,25 @@ class ConvBasis(AttentionMethod):
         y = None if recorded else torch.empty(G, n, dv, dtype=dtype, device=device)
         head_blocks = []
         clamped = torch.empty(G, n, dtype=torch.bool, device=device)
-        for g0 in range(0, G, hb):
-            g1 = min(G, g0 + hb)
-            sg, Bg = starts[g0:g1], Bv[g0:g1]
+        # blocks taken with split, not slicing: the backward of each slice is a zero tensor of the whole input
+        for g0, sg, Bg, vg in zip(range(0, G, hb), starts.split(hb), Bv.split(hb), vt.split(hb)):
+            g1 = g0 + sg.shape[0]
             valid = pos < (n - sg)[..., None]  # (hb, k, n)
             shift = Bg.masked_fill(~valid, float("-inf")).amax(dim=(1, 2))  # (hb,)
             product = SegmentProduct(sg, torch.exp((Bg - shift[:, None, None]).to(fdt)) * valid)
             channel_blocks = []
-            for c0 in range(0, dv, cb):
-                c1 = min(dv, c0 + cb)
-                out = product(vt[g0:g1, c0:c1], ones=True)  # (hb, c1 - c0 + 1, n): [V, 1] in fdt
-                den = out[:, -1]
+            for c0, vc in zip(range(0, dv, cb), vg.split(cb, dim=1)):
+                out = product(vc, ones=True)  # (hb, channels + 1, n): [V, 1] in fdt
+                num, den = out.split([vc.shape[1], 1], dim=1)
+                den = den.squeeze(1)
                 floor = den.amax(dim=1, keepdim=True).clamp_min(torch.finfo(fdt).tiny) * torch.finfo(fdt).eps
                 if c0 == 0:
                     clamped[g0:g1] = den < floor
-                block = (out[:, :-1] / torch.maximum(den, floor)[:, None, :]).transpose(1, 2)
+                block = (num / torch.maximum(den, floor)[:, None, :]).transpose(1, 2)
                 if recorded:
                     channel_blocks.append(block.to(dtype))
                 else:
-                    y[g0:g1, :, c0:c1] = block
+                    y[g0:g1, :, c0 : c0 + vc.shape[1]] = block
             if recorded:
                 head_blocks.append(torch.cat(channel_blocks, dim=-1))
         if recorded:
