@@ -26,10 +26,12 @@ Departures: padded keys of the last block are masked out (the official code pads
 that enter the last block's softmax); the residual mask is always applied (the official CUDA
 path omits it); Nq != Nk is supported by cutting the sorted queries into ``ceil(Nk/block_size)``
 blocks of ``ceil(Nq/blocks)``; the LSH directions are drawn from the run's generator at each call
-(the official module draws them once at construction); exact parts are computed in PyTorch in
-query chunks (no flash kernel), so memory stays bounded but the exact fallback below
-``min_seq_len`` costs O(n²) time. ``extra_stats()['exact_fallback']`` is 1 when a call was
-entirely exact because of ``min_seq_len``.
+(the official module draws them once at construction); exact parts are computed by default in
+PyTorch in query chunks (no flash kernel; every score of a causal block, masked ones included), so
+memory stays bounded but the exact fallback below ``min_seq_len`` costs O(n²) time;
+``exact_kernel='flash'`` computes them with PyTorch's fused CPU flash kernel instead (the official
+code's FlashAttention role; it skips the causally masked blocks), equal up to float rounding.
+``extra_stats()['exact_fallback']`` is 1 when a call was entirely exact because of ``min_seq_len``.
 
 Evaluation (same arithmetic as steps 2-4 up to float rounding): a cache-sized group of query
 blocks at a time (block and sample scores of about 2^21 entries) picks its rows from the
@@ -52,14 +54,29 @@ from attnbench.methods.base import SCORE_TILE_ELEMS, AttentionMethod, check_posi
 
 
 
-def _attn_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, *, causal: bool = False) -> tuple[Tensor, Tensor]:
-    """Exact attention and its log-sum-exp over the last two dims, chunked over query rows.
+EXACT_KERNELS = ("torch", "flash")
+
+
+def _attn_lse(q: Tensor, k: Tensor, v: Tensor, scale: float, *, causal: bool = False,
+              kernel: str = "torch") -> tuple[Tensor, Tensor]:
+    """Exact attention and its log-sum-exp over the last two dims.
 
     q (..., Nq, D), k (..., Nk, D), v (..., Nk, Dv) with equal leading dims; ``causal`` masks
-    key j > query i (Nq == Nk). Each chunk is written into one preallocated output.
+    key j > query i (Nq == Nk). ``kernel='torch'``: chunked over query rows, each chunk written into
+    one preallocated output (every score computed, masked ones included). ``kernel='flash'``:
+    PyTorch's fused flash-attention CPU kernel, which returns the log-sum-exp and skips the blocks the
+    causal mask removes (the official code calls FlashAttention here).
     """
     nq, nk = q.shape[-2], k.shape[-2]
     lead = q.shape[:-2]
+    if kernel == "flash":
+        if q.device.type != "cpu":
+            raise ValueError(f"method.exact_kernel=flash runs PyTorch's fused CPU kernel; on {q.device.type} "
+                             "use method.exact_kernel=torch.")
+        dv, width = v.shape[-1], max(q.shape[-1], v.shape[-1])  # the kernel takes one head size: zero columns
+        flat = [F.pad(t, (0, width - t.shape[-1])).reshape(1, -1, t.shape[-2], width) for t in (q, k, v)]
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(*flat, 0.0, causal, scale=scale)[:2]
+        return out[..., :dv].reshape(*lead, nq, dv), lse.to(q.dtype).reshape(*lead, nq)
     rows = max(1, SCORE_TILE_ELEMS // (max(1, math.prod(lead)) * nk))
     out = q.new_empty(*lead, nq, v.shape[-1])
     lse = q.new_empty(*lead, nq)
@@ -106,7 +123,10 @@ class HyperAttention(AttentionMethod):
     """sortLSH block-diagonal + uniform-sample residual attention; causal by recursive halving.
 
     Knobs (official defaults): ``lsh_num_projs`` (7), ``block_size`` (256), ``sample_size`` (256),
-    ``min_seq_len`` (4096): below it the call (causal: each diagonal block) is exact.
+    ``min_seq_len`` (4096): below it the call (causal: each diagonal block) is exact. ``exact_kernel``
+    computes those exact parts: ``'torch'`` (default) chunked PyTorch products, ``'flash'`` PyTorch's fused
+    CPU flash kernel with its log-sum-exp (as the official code uses FlashAttention; CPU only; equal up to
+    float rounding, and faster: it skips the causally masked blocks).
     """
 
     supports_grad = False  # chunked evaluation into preallocated outputs (out=...): no autograd
@@ -121,7 +141,7 @@ class HyperAttention(AttentionMethod):
         return {"block_size": n, "min_seq_len": 1}  # one block holding every key
 
     def __init__(self, lsh_num_projs: int = 7, block_size: int = 256, sample_size: int = 256,
-                 min_seq_len: int = 4096) -> None:
+                 min_seq_len: int = 4096, exact_kernel: str = "torch") -> None:
         super().__init__()
         if isinstance(lsh_num_projs, bool) or not isinstance(lsh_num_projs, int) or not 0 <= lsh_num_projs <= 30:
             raise ValueError(f"method.lsh_num_projs must be an integer in [0, 30], got {lsh_num_projs!r}.")
@@ -131,6 +151,9 @@ class HyperAttention(AttentionMethod):
         self.block_size = check_positive_int("block_size", block_size)
         self.sample_size = sample_size
         self.min_seq_len = check_positive_int("min_seq_len", min_seq_len)
+        if exact_kernel not in EXACT_KERNELS:
+            raise ValueError(f"method.exact_kernel must be one of {EXACT_KERNELS}, got {exact_kernel!r}.")
+        self.exact_kernel = exact_kernel
 
     # --- non-causal ----------------------------------------------------------------------
     def _noncausal(self, q: Tensor, k: Tensor, v: Tensor, scale: float, proj: Tensor,
@@ -145,7 +168,7 @@ class HyperAttention(AttentionMethod):
         B, H, nq, D = q.shape
         nk, dv = k.shape[2], v.shape[-1]
         if self.min_seq_len > nq:
-            return _attn_lse(q, k, v, scale)
+            return _attn_lse(q, k, v, scale, kernel=self.exact_kernel)
         G, dev, dt = B * H, q.device, q.dtype
         qf, kf, vf = q.reshape(G * nq, D), k.reshape(G * nk, D), v.reshape(G * nk, dv)
         head = torch.arange(G, device=dev).unsqueeze(1)
@@ -210,7 +233,7 @@ class HyperAttention(AttentionMethod):
         B, H, n, D = q.shape
         dv = v.shape[-1]
         if n <= self.min_seq_len:
-            return _attn_lse(q, k, v, scale, causal=True)
+            return _attn_lse(q, k, v, scale, causal=True, kernel=self.exact_kernel)
         odd = n % 2
         if odd:  # one zero row at the end; causality keeps it out of every real query
             q, k, v = (F.pad(t, (0, 0, 0, 1)) for t in (q, k, v))

@@ -9,7 +9,7 @@ import yaml
 
 from attnbench.methods import build
 from attnbench.methods.exact import dense_attention
-from attnbench.methods.hyperattention import HyperAttention, _lsh_codes
+from attnbench.methods.hyperattention import HyperAttention, _attn_lse, _lsh_codes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def make(**kw):
 def test_yaml_matches_defaults():
     cfg = yaml.safe_load((ROOT / "conf/method/hyperattention.yaml").read_text())
     m = build(cfg)
-    want = {"lsh_num_projs": 7, "block_size": 256, "sample_size": 256, "min_seq_len": 4096}
+    want = {"lsh_num_projs": 7, "block_size": 256, "sample_size": 256, "min_seq_len": 4096, "exact_kernel": "torch"}
     assert m.hparams() == want == HyperAttention().hparams()
 
 
@@ -55,6 +55,27 @@ def test_exact_below_min_seq_len():
     q, k, v = qkv(nq=257, nk=257)
     assert rel(m(q, k, v, causal=True), dense_attention(q, k, v, causal=True)) < 1e-12
     assert m.extra_stats()["exact_fallback"] == 1.0
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+@pytest.mark.parametrize("causal", [False, True])
+def test_flash_exact_parts_equal_the_chunked_ones(causal, dtype, tol):
+    # exact_kernel='flash': the exact parts (diagonal blocks of the causal recursion, the fallback
+    # below min_seq_len) from PyTorch's fused CPU kernel, with the same log-sum-exps, so the whole
+    # result equals the chunked evaluation up to the dtype's rounding, approximate parts included
+    q, k, v = qkv(b=2, nq=300, nk=300, dtype=dtype)
+    for kw in ({"min_seq_len": 4096}, {"block_size": 32, "sample_size": 16, "min_seq_len": 64}):
+        a = make(**kw)(q, k, v, causal=causal, scale=0.5)
+        b = make(exact_kernel="flash", **kw)(q, k, v, causal=causal, scale=0.5)
+        assert b.dtype == dtype and rel(b, a) < tol
+    exact = make(exact_kernel="flash", block_size=512, min_seq_len=16)(q, k, v, causal=causal, scale=0.5)
+    assert rel(exact, dense_attention(q, k, v, causal=causal, scale=0.5)) < tol
+
+
+def test_flash_exact_parts_refuse_other_devices():
+    q, k, v = (t.to("meta") for t in qkv())
+    with pytest.raises(ValueError, match="method.exact_kernel=flash"):
+        _attn_lse(q, k, v, 0.5, kernel="flash")
 
 
 @pytest.mark.parametrize("n", [256, 257, 300])
@@ -221,7 +242,7 @@ def test_no_whole_sequence_score_tensor():
 
 @pytest.mark.parametrize("kw", [{"block_size": 0}, {"sample_size": -1}, {"lsh_num_projs": -1},
                                 {"lsh_num_projs": 31}, {"min_seq_len": 0}, {"block_size": 2.5},
-                                {"sample_size": True}])
+                                {"sample_size": True}, {"exact_kernel": "cuda"}])
 def test_bad_knobs(kw):
     with pytest.raises(ValueError, match="method\\."):
         make(**kw)
