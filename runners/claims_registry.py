@@ -1228,7 +1228,7 @@ CLAIMS: list[Claim] = [
         answer="The official patching recipe and knobs ran at the longest context SmolLM2 has, with the exact parts "
                "in a fused flash kernel as the official code runs them in FlashAttention (with the suite's default "
                "chunked exact parts, which compute every masked score, each patched model was slower than the "
-               "untouched one: 0.96× for the last layer down to 0.48× for all 30, conf/experiment/lm_hyper_final.yaml); "
+               "untouched one: [README.md](README.md), lm_hyper_final); "
                "the layer map ([lm_layers_table.md](lm_layers_table.md)) shows which layers tolerate HyperAttention at "
                "2k; the rule needs both parts of the paper's number and prints the per-l table, so a GPU rerun of the "
                "same experiment is a direct comparison."),
