@@ -5,8 +5,8 @@ The question: what does an attention approximation cost a language model? A caus
 Hugging Face decoder) reads windows of held-out local text (``tasks/datasets/local_text.py``) of
 ``task.context_length`` tokens; in the layers ``task.layers`` the run's method replaces causal
 attention during the forward (``tasks/adapters/hf.py``), every other layer keeps the model's own.
-Besides the adapter's specs (``all``, ``every:K``, indices), ``first:K`` / ``last:K`` select the first /
-last K layers (HyperAttention's patching of the final layers, ``patch_config='last'``).
+``task.layers`` takes the adapters' layer specs (``all``, ``every:K``, ``first:K`` / ``last:K``, indices;
+``last:K`` is HyperAttention's patching of the final layers, ``patch_config='last'``).
 
 One row per context length, on ``task.num_samples`` windows (the same windows for every method):
 
@@ -49,6 +49,7 @@ from attnbench.methods.base import AttentionMethod
 
 from attnbench.tasks import adapters, register
 from attnbench.tasks.adapters import hf
+from attnbench.tasks.adapters.base import end_spec
 from attnbench.tasks.base import Task, capped
 from attnbench.tasks.datasets.local_text import PARTS, local_text
 from attnbench.tasks.models.causal_lm import load_model
@@ -56,28 +57,13 @@ from attnbench.tasks.models.causal_lm import load_model
 LOGIT_CHUNK = 1024  # positions per LM-head chunk
 # {model: {(text, L, num_samples, window): scores of the untouched model}}, reused across a sweep's jobs
 _EXACT_SCORES: "weakref.WeakKeyDictionary[torch.nn.Module, dict[tuple, tuple[float, int, Tensor]]]" = weakref.WeakKeyDictionary()
-ENDS = ("first", "last")  # task.layers 'first:K' / 'last:K'
 
 
 def check_layers(key: str, v: Any) -> Any:
-    """``task.layers``: 'first:K' / 'last:K' need an integer K >= 1 (checked here); every other spec
-    is checked against the model (``tasks.adapters.base.resolve_layers``)."""
-    if isinstance(v, str) and v.split(":", 1)[0] in ENDS:
-        end, _, k = v.partition(":")
-        if not k.isdigit() or int(k) < 1:
-            raise ValueError(f"{key}={v!r}: '{end}:K' needs an integer K >= 1.")
+    """``task.layers``: 'first:K' / 'last:K' need an integer K >= 1 (checked here, before the model
+    loads); every spec is resolved against the model by ``tasks.adapters.base.resolve_layers``."""
+    end_spec(v, key)
     return v
-
-
-def end_layers(spec: Any, count: int) -> Any:
-    """'first:K' / 'last:K' as the indices of the first / last K of ``count`` layers; any other spec
-    unchanged."""
-    if not (isinstance(spec, str) and spec.split(":", 1)[0] in ENDS):
-        return spec
-    end, _, k = spec.partition(":")
-    if int(k) > count:
-        raise ValueError(f"task.layers={spec!r} asks for {k} layers; the model has {count}.")
-    return list(range(int(k))) if end == "first" else list(range(count - int(k), count))
 
 
 @register("lm")
@@ -117,8 +103,7 @@ class LanguageModelTask(Task):
         # is the one with its own attention implementation (hf.set_native). A model kept from an
         # earlier job of the sweep loses that job's hooks first.
         hf.unswap(self.model)
-        layers = end_layers(cfg["layers"], len(hf.candidates(self.model)))
-        self.hooks = hf.swap(self.model, None, layers=layers, what="task.layers")
+        self.hooks = hf.swap(self.model, None, layers=cfg["layers"], what="task.layers")
         self.labels = list(self.hooks)
         self._windows: dict[int, list[Tensor]] = {}
 

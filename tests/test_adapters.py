@@ -87,6 +87,13 @@ def test_resolve_layers_forms():
     assert resolve_layers(cands, "every:2") == ["layer0", "layer2", "layer4"]
     assert resolve_layers(cands, [3, "layer1", "m.4.a", 3]) == ["layer3", "layer1", "layer4"]
     assert resolve_layers(cands, "layer2, 0") == ["layer2", "layer0"]
+    assert resolve_layers(cands, "first:2") == ["layer0", "layer1"]
+    assert resolve_layers(cands, "last:2") == ["layer3", "layer4"] and resolve_layers(cands, "last:5") == list(cands)
+    with pytest.raises(ValueError, match=r"task.layers='last:6' asks for 6 layers; the model has 5"):
+        resolve_layers(cands, "last:6", what="task.layers")
+    for bad in ("first:0", "last:x"):
+        with pytest.raises(ValueError, match=r"task.layers=.*needs an integer K >= 1"):
+            resolve_layers(cands, bad, what="task.layers")
     for bad in (["layer9"], [7], "every:0", "nope"):
         with pytest.raises(ValueError, match=r"task.layers.*candidates: \['layer0'"):
             resolve_layers(cands, bad, what="task.layers")

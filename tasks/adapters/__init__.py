@@ -7,7 +7,7 @@ One module per model family, each with the same two functions:
   of the layers selected by ``layers`` through ``method`` (an ``AttentionMethod``, a
   ``{label: method}`` mapping for per-layer methods, or None for exact).
 
-``layers`` (``base.resolve_layers``): None or ``"all"``, ``"every:K"``, or a list / comma string of
+``layers`` (``base.resolve_layers``): None or ``"all"``, ``"every:K"``, ``"first:K"`` / ``"last:K"``, or a list / comma string of
 labels, module names or integer positions (for Hugging Face models: layer indices). A name that
 is not a candidate raises ``ValueError`` listing the candidates.
 

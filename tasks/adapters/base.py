@@ -147,11 +147,27 @@ def _family_of(mod: nn.Module, families: tuple[Family, ...]) -> Family | None:
     return None
 
 
+ENDS = ("first", "last")  # layer specs 'first:K' / 'last:K'
+
+
+def end_spec(spec: Any, what: str = "layers") -> tuple[str, int] | None:
+    """('first' | 'last', K) for a ``'first:K'`` / ``'last:K'`` layer spec, None for any other spec;
+    ValueError (naming ``what``) unless K is an integer >= 1. Needs no model: a config check can call it."""
+    if not (isinstance(spec, str) and spec.split(":", 1)[0] in ENDS):
+        return None
+    end, _, k = spec.partition(":")
+    if not k.isdigit() or int(k) < 1:
+        raise ValueError(f"{what}={spec!r}: '{end}:K' needs an integer K >= 1.")
+    return end, int(k)
+
+
 def resolve_layers(cands: Mapping[str, str], spec: Any = None, what: str = "layers") -> list[str]:
     """Labels selected by ``spec`` among ``cands`` ({label: module name}, model order):
 
     - ``None`` or ``"all"``: every candidate;
     - ``"every:K"``: every K-th candidate, starting with the first (K=2: 0, 2, 4 …);
+    - ``"first:K"`` / ``"last:K"``: the first / last K candidates (HyperAttention patches an LLM's
+      final layers: ``patch_config='last'``);
     - a list (or a comma-separated string) of labels, module names or integer positions in
       model order (for Hugging Face models: the layer index).
 
@@ -168,6 +184,12 @@ def resolve_layers(cands: Mapping[str, str], spec: Any = None, what: str = "laye
         if step < 1:
             raise ValueError(f"{what}={spec!r}: 'every:K' needs an integer K >= 1; candidates: {labels}.")
         return labels[::step]
+    ends = end_spec(spec, what)
+    if ends is not None:
+        end, k = ends
+        if k > len(labels):
+            raise ValueError(f"{what}={spec!r} asks for {k} layers; the model has {len(labels)}.")
+        return labels[:k] if end == "first" else labels[-k:]
     if isinstance(spec, (str, int)):
         items: list[Any] = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else [spec]
     else:
