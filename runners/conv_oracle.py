@@ -37,7 +37,6 @@ the reconstruction) and ``figures/conv_basis_oracle.png|pdf``.
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import time
 from pathlib import Path
@@ -261,18 +260,17 @@ def layer_rows(q: Tensor, k: Tensor, v: Tensor, scale: float, ks: list[int], tar
 
 # ---------------------------------------------------------------------------------------- runner
 
-def provenance(seed: int, threads: int) -> dict[str, Any]:
-    from attnbench.runners.run import provenance as base
+def provenance(seed: int) -> dict[str, Any]:
+    from attnbench.runners.run import device_name, provenance as base
 
-    return {"seed": seed, "device": f"cpu ({platform.processor() or platform.machine()}, {threads} threads)",
-            "numpy_version": np.__version__, **base()}
+    return {"seed": seed, "device": device_name(torch.device("cpu")), "numpy_version": np.__version__, **base()}
 
 
 def run(args) -> pd.DataFrame:
     from attnbench.tasks.datasets.sources import make_qkv
 
     torch.set_num_threads(args.threads)
-    base = provenance(args.seed, args.threads)
+    base = provenance(args.seed)  # after set_num_threads: the device names the thread count
     out = []
     captured = {layer: make_qkv({"source": "smollm2", "layer": layer, "batch": 1, "cache_dir": args.cache_dir},
                                 args.n, args.seed, torch.device("cpu"), torch.float32) for layer in args.layers}

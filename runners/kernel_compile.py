@@ -394,25 +394,16 @@ def versions(caps: Sequence[int], skipped: Sequence[int], wall_s: float, workers
     import torch
     import triton
 
-    commit = _git(["rev-parse", "HEAD"])
-    dirty = _git(["status", "--porcelain", "--untracked-files=no"])
+    from attnbench.runners.gpu_check import git_state  # gpu_check imports this module: import at call time
+
     return {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "triton": triton.__version__, "torch": torch.__version__, "python": platform.python_version(),
         "ptxas": {TARGETS[c][0]: ptxas_version(c) for c in caps},
         "skipped_targets": [TARGETS[c][0] for c in skipped],
-        "git_commit": commit, "git_dirty": bool(dirty) if commit else None,
+        **git_state(),
         "host": f"{platform.machine()}, {os.cpu_count()} CPUs", "workers": workers, "wall_s": round(wall_s, 1),
     }
-
-
-def _git(args: list[str]) -> str | None:
-    try:
-        res = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                             text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return res.stdout.strip() if res.returncode == 0 else None
 
 
 def summary(rows: Sequence[Row]) -> str:

@@ -29,7 +29,6 @@ the run's device, torch version and git commit), ``performer_unbiased.md`` and
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import textwrap
 from pathlib import Path
@@ -42,7 +41,7 @@ import torch
 from attnbench import methods
 from attnbench.methods.performer import draw_orthogonal_features, softmax_kernel_features
 from attnbench.runners import plots
-from attnbench.runners.run import provenance
+from attnbench.runners.run import device_name, provenance
 
 FEATURES = (16, 32, 64, 128, 256, 512, 1024)
 INPUTS = (("bounded", {"radius": 2.0, "heads": 4}), ("bounded", {"radius": 4.0, "heads": 4}),
@@ -184,8 +183,7 @@ def figure(d: pd.DataFrame, out_dir: Path, subtitle: str) -> list[Path]:
 
 def run(n: int, features: tuple[int, ...], seeds: int) -> pd.DataFrame:
     recs = []
-    meta = {"n": n, "dtype": "float64", "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)",
-            **provenance()}
+    meta = {"n": n, "dtype": "float64", "device": device_name(torch.device("cpu")), **provenance()}
     for source, knobs in INPUTS:
         label, qkv = inputs(source, knobs, n)
         for r in measure(qkv, features, seeds):

@@ -140,7 +140,7 @@ def test_page_and_figure_from_rows(tmp_path):
     rows = []
     for layer in (0, 10):
         for r in co.layer_rows(q, k, v, 0.5, [1, 2, 4], list(co.TARGETS), log=lambda s: None):
-            rows.append({**co.provenance(0, 1), "n": n, "layer": layer, "scale": 0.5, **r, "wall_s": 1.0})
+            rows.append({**co.provenance(0), "n": n, "layer": layer, "scale": 0.5, **r, "wall_s": 1.0})
     rows = pd.DataFrame(rows)
     md = co.render(rows, co.command(rows, tmp_path))
     assert f"`attnbench conv_oracle --n 12 --layers 0 10 --ks 1 2 4 --out-dir {tmp_path}`" in md
