@@ -84,6 +84,13 @@ def _report(name: str, grid: bool = True) -> str:
     return f"attnbench report --experiment {name}{'' if grid else ' --no-grid'} --out-dir results --force"
 
 
+def _sweep(name: str, table: str = "", page: str = "", figures: tuple[str, ...] = ()) -> Experiment:
+    """A Hydra experiment (conf/experiment/NAME.yaml) run as is, then reported: NAME_table.csv / .md."""
+    return Experiment(name, table or f"{name}_table.csv", page or f"{name}_table.md",
+                      (f"python run.py +experiment={name} logger=none quiet=true", _report(name)), _report(name),
+                      figures=figures)
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
     Experiment(
         "wildcat_bounded", "wildcat_bounded_table.csv", "wildcat_bounded_table.md",
@@ -120,33 +127,15 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
         _report("t2t_imagenet"),
         assets=("a CUDA device", "the T2T-ViT-t-24 checkpoint 82.6_T2T_ViTt_24.pth.tar (task.checkpoint)",
                 "ImageNet val, 50,000 images as an ImageFolder (task.data_root)")),
-    Experiment(
-        "scaling_causal", "scaling_causal_slopes.csv", "scaling_causal_table.md",
-        ("python run.py +experiment=scaling_causal logger=none quiet=true", _report("scaling_causal")),
-        _report("scaling_causal"), figures=("figures/scaling_causal_latency_vs_n.png",)),
-    Experiment(
-        "conv_basis_k", "conv_basis_k_table.csv", "conv_basis_k_table.md",
-        ("python run.py +experiment=conv_basis_k logger=none quiet=true", _report("conv_basis_k")),
-        _report("conv_basis_k")),
-    Experiment(
-        "conv_basis_exact", "conv_basis_exact_table.csv", "conv_basis_exact_table.md",
-        ("python run.py +experiment=conv_basis_exact logger=none quiet=true", _report("conv_basis_exact")),
-        _report("conv_basis_exact")),
-    Experiment(
-        "conv_basis_knobs", "conv_basis_knobs_table.csv", "conv_basis_knobs.md",
-        ("python run.py +experiment=conv_basis_knobs logger=none quiet=true", _report("conv_basis_knobs")),
-        _report("conv_basis_knobs")),
+    _sweep("scaling_causal", table="scaling_causal_slopes.csv", figures=("figures/scaling_causal_latency_vs_n.png",)),
+    _sweep("conv_basis_k"),
+    _sweep("conv_basis_exact"),
+    _sweep("conv_basis_knobs", page="conv_basis_knobs.md"),
     Experiment(
         "conv_basis_oracle", "conv_basis_oracle.csv", "conv_basis_oracle.md", ("attnbench conv_oracle --out-dir results",),
         figures=("figures/conv_basis_oracle.png",)),
-    Experiment(
-        "conv_basis_backward", "conv_basis_backward_table.csv", "conv_basis_backward_table.md",
-        ("python run.py +experiment=conv_basis_backward logger=none quiet=true", _report("conv_basis_backward")),
-        _report("conv_basis_backward"), figures=("figures/conv_basis_backward_latency_vs_n.png",)),
-    Experiment(
-        "conv_basis_backward_exact", "conv_basis_backward_exact_table.csv", "conv_basis_backward_exact_table.md",
-        ("python run.py +experiment=conv_basis_backward_exact logger=none quiet=true",
-         _report("conv_basis_backward_exact")), _report("conv_basis_backward_exact")),
+    _sweep("conv_basis_backward", figures=("figures/conv_basis_backward_latency_vs_n.png",)),
+    _sweep("conv_basis_backward_exact"),
     Experiment(
         "latte_training_curve", "latte_training_curve.csv", "latte_training_curve.md",
         ("attnbench train_thresholds lm --lambdas 0.5 2 8 --steps 240 --eval-at 10 20 40 80 120 160 200 240 "
@@ -166,14 +155,8 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
          "--lambdas 0.5 2 8 --steps 240 --eval-images 5000 --table results/latte_vit_thresholds.md",),
         assets=("ImageNet images as an ImageFolder (--data)", "pretrained ViT / DeiT weights (--model-kwargs "
                 "checkpoint_path, or --pretrained with the timm hub cache)", "a CUDA device for a useful run time")),
-    Experiment(
-        "scaling", "scaling_table.csv", "scaling_table.md",
-        ("python run.py +experiment=scaling logger=none quiet=true", _report("scaling")), _report("scaling"),
-        figures=("figures/scaling_latency_vs_n.png", "figures/scaling_memory_vs_n.png")),
-    Experiment(
-        "lm_hyper_final", "lm_hyper_final_table.csv", "lm_hyper_final_table.md",
-        ("python run.py +experiment=lm_hyper_final logger=none quiet=true", _report("lm_hyper_final")),
-        _report("lm_hyper_final")),
+    _sweep("scaling", figures=("figures/scaling_latency_vs_n.png", "figures/scaling_memory_vs_n.png")),
+    _sweep("lm_hyper_final"),
     Experiment(
         "performer_unbiased", "performer_unbiased.csv", "performer_unbiased.md",
         ("attnbench performer_unbiased --out-dir results",), figures=("figures/performer_unbiased.png",)),
