@@ -1,6 +1,7 @@
 """runners.train_thresholds: the recipes that train the model's weights with LATTE's thresholds (LoRA,
 full), their dense baseline, the saved files and a killed run's resume, on the tiny random Llama."""
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -141,3 +142,19 @@ def test_cli_lora_curve_dense_baseline_and_resume(tmp_path, monkeypatch):
     tt.main(_cli(tmp_path / "b", "--resume"))
     resumed = pd.read_csv(tmp_path / "b" / "curve.csv")
     pd.testing.assert_frame_equal(resumed.drop(columns="train_s"), curve.drop(columns="train_s"))
+
+
+def test_resume_state_survives_a_kill_while_saving(tmp_path, monkeypatch):
+    """The resume file is replaced only once the new state is written whole: a run killed mid-save keeps the last."""
+    path = tmp_path / "resume.pt"
+    tt._save_atomic({"step": 1}, path)
+
+    def killed_mid_write(obj, f):
+        Path(f).write_bytes(b"\x80 half a pickle")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tt.torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        tt._save_atomic({"step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path)["step"] == 1
