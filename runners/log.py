@@ -6,7 +6,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from attnbench.core.schema import is_metric
 
@@ -19,20 +19,29 @@ def _clean(v: Any) -> Any:
     return v
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via a temporary file and a rename (never half-written);
-    the file is readable by the group and others (0644)."""
+def replace_atomic(path: Path, write: Callable[[str], None]) -> None:
+    """Make ``path`` by ``write(temporary path)`` beside it and a rename (never half-written; the temporary
+    file is removed if writing fails); the file is readable by the group and others (0644)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
+        write(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON to ``path`` with ``replace_atomic``."""
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+
+    replace_atomic(path, dump)
 
 
 class RunRecord:

@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -62,6 +61,7 @@ from torch import Tensor, nn
 
 from attnbench.methods.latte import Latte
 from attnbench.runners.claims_registry import PLATEAU_KEPT, PLATEAU_PPL  # the convergence rule, one place
+from attnbench.runners.log import replace_atomic
 from attnbench.tasks.datasets.local_text import local_text
 from attnbench.tasks.datasets.sources import load_smollm2
 
@@ -322,13 +322,6 @@ def _run_key(lam: float | None) -> str:
     return "dense" if lam is None or lam != lam else f"{lam:g}"
 
 
-def _save_atomic(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then rename: a run killed while saving keeps the previous state."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _settings(args) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in ("argv", "resume")}
 
@@ -409,7 +402,7 @@ def run_lm(args) -> list[dict[str, float]]:
             st["current"] = {"key": key, "train_s": time.time() - t0, **opt_state(),
                              "thetas": {n: m.theta.detach().clone() for n, m in methods.items()},
                              "weights": [w.detach().clone() for w in weights]}
-            _save_atomic(st, resume_path)
+            replace_atomic(resume_path, lambda tmp: torch.save(st, tmp))  # a kill mid-save keeps the last state
             write_curve(curve, rows, args, Path(args.curve))
 
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
@@ -439,7 +432,7 @@ def run_lm(args) -> list[dict[str, float]]:
         st["done"].append(key)
         st["current"] = None
         if args.curve:  # written after each run: a killed run keeps the finished ones
-            _save_atomic(st, resume_path)
+            replace_atomic(resume_path, lambda tmp: torch.save(st, tmp))  # a kill mid-save keeps the last state
             write_curve(curve, rows, args, Path(args.curve))
     if args.curve and resume_path.is_file():
         resume_path.unlink()  # finished: everything is in the page, the CSV and the saved files

@@ -147,7 +147,8 @@ def test_cli_lora_curve_dense_baseline_and_resume(tmp_path, monkeypatch):
 def test_resume_state_survives_a_kill_while_saving(tmp_path, monkeypatch):
     """The resume file is replaced only once the new state is written whole: a run killed mid-save keeps the last."""
     path = tmp_path / "resume.pt"
-    tt._save_atomic({"step": 1}, path)
+    save = lambda step: tt.replace_atomic(path, lambda tmp: tt.torch.save({"step": step}, tmp))  # noqa: E731
+    save(1)
 
     def killed_mid_write(obj, f):
         Path(f).write_bytes(b"\x80 half a pickle")
@@ -155,6 +156,7 @@ def test_resume_state_survives_a_kill_while_saving(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tt.torch, "save", killed_mid_write)
     with pytest.raises(KeyboardInterrupt):
-        tt._save_atomic({"step": 2}, path)
+        save(2)
     monkeypatch.undo()
     assert torch.load(path)["step"] == 1
+    assert [f.name for f in tmp_path.iterdir()] == ["resume.pt"]  # the half-written file is gone
