@@ -54,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from attnbench.core.files import replace_atomic
 from attnbench.runners import kernel_compile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,9 +268,7 @@ def check_outputs(res: Result, out: Path) -> Result:
 
 # --------------------------------------------------------------------------- the folder
 def write_json(path: Path, data) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    replace_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2, default=str) + "\n"))
 
 
 def sweep_methods(experiment: str) -> list[str]:

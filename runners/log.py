@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
+from attnbench.core.files import replace_atomic
 from attnbench.core.schema import is_metric
 
 
@@ -17,22 +17,6 @@ def _clean(v: Any) -> Any:
     if hasattr(v, "item") and getattr(v, "ndim", 1) == 0:
         return _clean(v.item())
     return v
-
-
-def replace_atomic(path: Path, write: Callable[[str], None]) -> None:
-    """Make ``path`` by ``write(temporary path)`` beside it and a rename (never half-written; the temporary
-    file is removed if writing fails); the file is readable by the group and others (0644)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:

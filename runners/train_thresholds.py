@@ -59,9 +59,9 @@ import torch
 
 from torch import Tensor, nn
 
+from attnbench.core.files import replace_atomic
 from attnbench.methods.latte import Latte
 from attnbench.runners.claims_registry import PLATEAU_KEPT, PLATEAU_PPL  # the convergence rule, one place
-from attnbench.runners.log import replace_atomic
 from attnbench.tasks.datasets.local_text import local_text
 from attnbench.tasks.datasets.sources import load_smollm2
 

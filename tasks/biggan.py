@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from attnbench import methods
+from attnbench.core.files import replace_atomic
 from attnbench.core.knobs import Bool, Choice, Float, Int, Str
 from attnbench.methods.base import AttentionMethod
 from attnbench.core.measure import Meter
@@ -312,10 +313,11 @@ class BigGANTask(Task):
     def _write_exact_cache(self, seed: int, feats: np.ndarray, logits: np.ndarray) -> None:
         path = self._exact_cache_file(seed)
         if path:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = path + f".tmp{os.getpid()}.npz"
-            np.savez(tmp, feats=feats, logits=logits)
-            os.replace(tmp, path)  # atomic: parallel sweep jobs may write the same file
+            def save(tmp: str) -> None:
+                with open(tmp, "wb") as f:  # a file object: np.savez would add ".npz" to a bare name
+                    np.savez(f, feats=feats, logits=logits)
+
+            replace_atomic(path, save)  # parallel sweep jobs may write the same file
 
     def _save_grid(self, images: Tensor | None, label: str) -> str | None:
         if images is None or not self.cfg["save_images"]:

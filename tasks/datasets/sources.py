@@ -24,6 +24,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
+from attnbench.core.files import replace_atomic
 from attnbench.tasks.datasets.local_text import local_text  # the shared standard-library text corpus
 
 MODEL_PACKAGES = {
@@ -211,10 +212,7 @@ def make_qkv(cfg: Mapping[str, Any], n: int, seed: int, device: torch.device, dt
             out = torch.load(cache)
         else:
             out = capture_model(source, n, layer, batch)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".tmp{os.getpid()}")
-            torch.save({k: v for k, v in out.items() if k != "out"}, tmp)
-            os.replace(tmp, cache)
+            replace_atomic(cache, lambda tmp: torch.save({k: v for k, v in out.items() if k != "out"}, tmp))
         out = {k: v for k, v in out.items() if k != "out"}
     elif source == "glove":
         if not cfg["glove_path"]:
