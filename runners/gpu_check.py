@@ -107,6 +107,10 @@ def _quiet(cmd: list[str]) -> str | None:
 
 
 def git_state() -> dict:
+    """HEAD and whether tracked files differ from it, when attnbench runs from its clone; None for both
+    otherwise (an installed wheel: a git repository around site-packages is not ours)."""
+    if not (ROOT / ".git").exists():
+        return {"git_commit": None, "git_dirty": None}
     commit = _quiet(["git", "rev-parse", "HEAD"])
     status = _quiet(["git", "status", "--porcelain", "--untracked-files=no"])
     return {"git_commit": commit, "git_dirty": None if commit is None else bool(status)}

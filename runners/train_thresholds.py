@@ -334,6 +334,8 @@ def run_lm(args) -> list[dict[str, float]]:
     torch.manual_seed(args.seed)
     model, tok = load_smollm2()
     train_b = token_batches(tok, local_text(None, part="train"), args.seq_len, args.train_seqs)
+    if args.shuffle:  # one pass then mixes the training text's parts (docstrings, then the language reference)
+        train_b = [train_b[i] for i in torch.randperm(len(train_b), generator=torch.Generator().manual_seed(args.seed))]
     eval_b = token_batches(tok, local_text(None, part="heldout"), args.eval_seq_len or args.seq_len, args.eval_seqs)
     methods = patch_hf(model, lambda name, heads: Latte(threshold=args.init_threshold, heads=heads, score=args.score,
                                                          temperature=args.temperature, chunk_size=args.seq_len,
@@ -490,8 +492,9 @@ def write_curve(curve: list[dict], final: list[dict], args, path: Path) -> list[
         "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in _settings(args).items()),
         "",
-        f"Trained on {args.train_seqs} sequences of {args.seq_len} tokens; held-out: {args.eval_seqs} sequences of "
-        f"{args.eval_seq_len or args.seq_len} tokens from the modules not used for training; "
+        f"Trained on {args.train_seqs} sequences of {args.seq_len} tokens"
+        f"{' in an order drawn with the seed' if getattr(args, 'shuffle', False) else ''}; held-out: "
+        f"{args.eval_seqs} sequences of {args.eval_seq_len or args.seq_len} tokens from the modules not used for training; "
         "kept_fraction: fraction of causally valid (query, key) pairs kept, mean over layers and held-out "
         "sequences; train_loss: mean next-token loss of the training steps since the previous checkpoint; train_s: "
         "seconds since the run's first step, evaluations included. "
@@ -715,6 +718,8 @@ def main(argv: Iterable[str] | None = None) -> list[dict[str, float]]:
                            help="with --curve: continue from <out-dir>/resume.pt (written at each evaluation)")
             p.add_argument("--seq-len", type=int, default=256)
             p.add_argument("--train-seqs", type=int, default=16)
+            p.add_argument("--shuffle", action="store_true",
+                           help="train on the training sequences in an order drawn with --seed (default: text order)")
             p.add_argument("--eval-seqs", type=int, default=8)
             p.add_argument("--eval-seq-len", type=int, default=0, help="held-out sequence length (0: --seq-len)")
             p.add_argument("--table", default=None,

@@ -170,6 +170,14 @@ def test_git_state():
     assert len(st["git_commit"]) == 40 and isinstance(st["git_dirty"], bool)
 
 
+def test_git_state_of_an_installed_copy_inside_someone_elses_repository_is_none(tmp_path, monkeypatch):
+    site = tmp_path / "project" / "venv" / "site-packages"
+    site.mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(tmp_path / "project")], check=True)
+    monkeypatch.setattr(G, "ROOT", site)
+    assert G.git_state() == {"git_commit": None, "git_dirty": None}
+
+
 # --------------------------------------------------------------------------- the run, with a fake GPU
 def test_main_fake_gpu_writes_folder_and_goes_on_after_failures(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(G, "cuda_available", lambda: True)

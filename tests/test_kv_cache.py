@@ -366,6 +366,10 @@ def test_local_text_prefixes_split_and_determinism():
     assert len(train) > 100 and len(held) > 100 and not set(train) & set(held)  # disjoint parts
     assert set(train) | set(held) <= set(local_docs(None))
     assert local_text(10_000, part="train").startswith(train[0])
+    from pydoc_data.topics import topics  # the language reference: training text only, after the docstrings
+
+    assert topics["assert"].strip() in train and topics["assert"].strip() not in held
+    assert train.index(topics["assert"].strip()) > len(train) // 3
     with pytest.raises(ValueError, match="part"):
         local_text(part="test")
 
