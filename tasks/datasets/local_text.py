@@ -1,4 +1,5 @@
-"""One offline English text corpus: docstrings of Python standard-library modules.
+"""One offline English text corpus: docstrings of Python standard-library modules, then pydoc's help
+topics (the language reference, ``TEXT_DICTS``), which all go to the training part.
 
 Used wherever a long natural-language text is needed without downloads: the filler of the
 ``kv_cache`` needle/ppl datasets, the ``smollm2`` q/k/v source of the fidelity task
@@ -23,6 +24,13 @@ given those, it is the same on every call. (The walk used to remember docstrings
 keeping them alive, so a recycled ``id`` dropped text at random beyond ~200k characters; the
 default 200k-character text, which the needle filler uses up to ~33k-token contexts, is
 unchanged by the fix.)
+
+Known repetition, kept so that committed tables stay reproducible: ``inspect.getdoc`` returns a new
+string for each constant of a module (``int``'s, ``str``'s docstring…), so the ``id`` check lets
+those repeat. In the ``"all"`` text a docstring repeats an earlier one for 46 % of the default
+200k characters (``int``'s 763 times over the whole walk); the parts drop repeats across modules,
+not within one: 8.4 % of the training part's docstring characters, 5.8 % of the held-out part's first 100k
+characters. Removing repeats by text would change every table made from this corpus.
 """
 from __future__ import annotations
 
