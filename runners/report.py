@@ -62,7 +62,7 @@ METRICS = [
     "digit_accuracy", "answer_nll", "kept_fraction", "is_degradation_pct", "fid_degradation_pct",
     "grad_rel_fro_error", "grad_q_rel_error", "grad_k_rel_error", "grad_v_rel_error",  # task.timed=backward
 ]
-EXTRA_SUFFIXES = ("_speedup", "_latency_ms", "agreement")  # task-specific metric columns kept too
+EXTRA_SUFFIXES = ("_speedup", "_latency_ms", "_peak_mem_mb", "agreement")  # task-specific metric columns kept too
 ROW_AXES = ["n", "batch", "heads", "causal"]  # row columns that become group keys when they vary
 BUDGET_COLUMNS = ["task.budget", "preset.budget", "budget"]
 ERROR_COLUMNS = ["rel_spec_error", "rel_fro_error"]

@@ -444,3 +444,18 @@ def test_lm_rows_give_ppl_and_agreement_figures_per_context_and_set_vs_unset_kno
                      "lmx_ppl_vs_speedup_n2048.png", "lmx_ppl_vs_speedup_n8192.png"]
     knobs = knob_string(rows[rows["method"] == "latte"])
     assert sorted(set(knobs)) == ["", "thresholds_path=t.pt"]  # trained and untrained LATTE stay apart
+
+
+def test_per_layer_metric_columns_reach_the_table():
+    """ImageNet's per-layer timings (``t2t1_latency_ms``, ``t2t1_peak_mem_mb`` and exact's) are kept: the
+    ScatterBrain claim reads the layer-1 attention memory from them."""
+    from attnbench.runners.report import build_table
+
+    rows = pd.DataFrame([
+        {"method": m, "n": 3136, "seed": s, "status": "ok", "top1": 80.0 + s, "t2t1_latency_ms": 2.0 * f,
+         "exact_t2t1_latency_ms": 2.0, "t2t1_peak_mem_mb": 10.0 * f, "exact_t2t1_peak_mem_mb": 10.0}
+        for m, f in (("exact", 1.0), ("scatterbrain", 0.1)) for s in (1, 2)])
+    table, _ = build_table(rows)
+    sb = table[table["method"] == "scatterbrain"].iloc[0]
+    assert sb["t2t1_peak_mem_mb_mean"] == pytest.approx(1.0) and sb["exact_t2t1_peak_mem_mb_mean"] == 10.0
+    assert sb["t2t1_latency_ms_mean"] == pytest.approx(0.2) and sb["top1_mean"] == 81.5
