@@ -1184,7 +1184,7 @@ CLAIMS: list[Claim] = [
                "tokens for 135M weights. Both recipes are evaluated on 24 × 1,024 held-out tokens (on the former "
                "4 × 1,024, perturbing trained thresholds by N(0, 0.02²) moved the perplexity by up to 1.9 %). λ = 1 "
                "was added, and the adapter recipe's λ = 0.5 and 1 bracket 89.91 %. A curve still not flat is marked "
-               "beside its λ. Not answered yet: the θ-only recipe on the same 480-sequence pass (queued; its λ = 8 "
+               "beside its λ. Not answered yet: the θ-only recipe on the same 480-sequence pass (under way, resumable; its λ = 8 "
                "curve is the one still moving), which cannot lower the verdict: it takes the better recipe."),
     Claim(
         "L2", "LATTE", "In vision it filters 85 % of keys for a 0.87 % top-1 drop.", "abstract; vision table",
