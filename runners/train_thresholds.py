@@ -362,6 +362,11 @@ def run_lm(args) -> list[dict[str, float]]:
         out = {"ppl_exact": ppl_exact, "ppl_increase": ppl - ppl_exact}
         return {**out, "ppl_dense_ft": dense_ppl, "ppl_increase_ft": ppl - dense_ppl} if tuned else out
 
+    def save_progress() -> None:
+        """The resume state (a kill mid-save keeps the last one) and the page, CSV and figure so far."""
+        replace_atomic(resume_path, lambda tmp: torch.save(st, tmp))
+        write_curve(curve, rows, args, Path(args.curve))
+
     def theta_mean() -> float:
         return float(torch.cat([m.theta.detach() for m in methods.values()]).mean())
 
@@ -404,8 +409,7 @@ def run_lm(args) -> list[dict[str, float]]:
             st["current"] = {"key": key, "train_s": time.time() - t0, **opt_state(),
                              "thetas": {n: m.theta.detach().clone() for n, m in methods.items()},
                              "weights": [w.detach().clone() for w in weights]}
-            replace_atomic(resume_path, lambda tmp: torch.save(st, tmp))  # a kill mid-save keeps the last state
-            write_curve(curve, rows, args, Path(args.curve))
+            save_progress()
 
         Path(args.out_dir).mkdir(parents=True, exist_ok=True)
         train(model, active, train_b, _lm_loss, lam=lam or 0.0, steps=args.steps, lr=args.lr, weights=weights,
@@ -434,8 +438,7 @@ def run_lm(args) -> list[dict[str, float]]:
         st["done"].append(key)
         st["current"] = None
         if args.curve:  # written after each run: a killed run keeps the finished ones
-            replace_atomic(resume_path, lambda tmp: torch.save(st, tmp))  # a kill mid-save keeps the last state
-            write_curve(curve, rows, args, Path(args.curve))
+            save_progress()
     if args.curve and resume_path.is_file():
         resume_path.unlink()  # finished: everything is in the page, the CSV and the saved files
     if args.table:

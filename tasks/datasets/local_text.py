@@ -69,20 +69,18 @@ def _module_docs(name: str, seen: dict[int, str]) -> list[str]:
         mod = importlib.import_module(name)
     except Exception:  # pragma: no cover - optional modules (turtle without tk, …)
         return []
-    out = []
     if name in TEXT_DICTS:
-        for text in getattr(mod, TEXT_DICTS[name]).values():
-            if id(text) not in seen and len(text) > MIN_DOC_CHARS:
-                seen[id(text)] = text
-                out.append(text.strip())
-        return out
-    with warnings.catch_warnings():  # deprecated attributes (typing.io, typing.re, …) warn when read
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for obj in [mod, *(getattr(mod, a, None) for a in sorted(dir(mod)) if not a.startswith("_"))]:
-            doc = inspect.getdoc(obj) if obj is not None else None
-            if doc and id(doc) not in seen and len(doc) > MIN_DOC_CHARS:
-                seen[id(doc)] = doc
-                out.append(doc.strip())
+        docs = list(getattr(mod, TEXT_DICTS[name]).values())
+    else:
+        with warnings.catch_warnings():  # deprecated attributes (typing.io, typing.re, …) warn when read
+            warnings.simplefilter("ignore", DeprecationWarning)
+            objs = [mod, *(getattr(mod, a, None) for a in sorted(dir(mod)) if not a.startswith("_"))]
+            docs = [inspect.getdoc(obj) if obj is not None else None for obj in objs]
+    out = []
+    for doc in docs:
+        if doc and id(doc) not in seen and len(doc) > MIN_DOC_CHARS:
+            seen[id(doc)] = doc
+            out.append(doc.strip())
     return out
 
 
