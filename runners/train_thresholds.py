@@ -323,7 +323,13 @@ def _run_key(lam: float | None) -> str:
 
 
 def _settings(args) -> dict:
+    """The settings a page prints: every option but how the run was started (argv, --resume)."""
     return {k: v for k, v in sorted(vars(args).items()) if k not in ("argv", "resume")}
+
+
+def _command(args) -> str:
+    """The command that reproduces a page: the run's own, less --resume (a resumed run ends where a whole one does)."""
+    return "attnbench train_thresholds " + " ".join(a for a in args.argv if a != "--resume")
 
 
 def run_lm(args) -> list[dict[str, float]]:
@@ -491,7 +497,7 @@ def write_curve(curve: list[dict], final: list[dict], args, path: Path) -> list[
     lines = [
         f"# LATTE training curve (SmolLM2-135M, held-out text): {RECIPE_TITLES[recipe]}",
         "",
-        "Command: `attnbench train_thresholds " + " ".join(args.argv) + "`",
+        f"Command: `{_command(args)}`",
         "",
         "Settings: " + ", ".join(f"{k}={v}" for k, v in _settings(args).items()),
         "",
@@ -673,9 +679,9 @@ def write_table(rows: list[dict], args, path: Path) -> None:
     lines = [
         f"# LATTE threshold training ({args.kind})",
         "",
-        "Command: `attnbench train_thresholds " + " ".join(args.argv) + "`",
+        f"Command: `{_command(args)}`",
         "",
-        "Settings: " + ", ".join(f"{k}={v}" for k, v in sorted(vars(args).items()) if k not in ("argv",)),
+        "Settings: " + ", ".join(f"{k}={v}" for k, v in _settings(args).items()),
         "",
         "Row with lambda=nan: initial thresholds, untrained. kept_fraction: fraction of causally valid "
         "(query, key) pairs kept, mean over layers and held-out batches.",

@@ -142,6 +142,10 @@ def test_cli_lora_curve_dense_baseline_and_resume(tmp_path, monkeypatch):
     tt.main(_cli(tmp_path / "b", "--resume"))
     resumed = pd.read_csv(tmp_path / "b" / "curve.csv")
     pd.testing.assert_frame_equal(resumed.drop(columns="train_s"), curve.drop(columns="train_s"))
+    resumed_page = (tmp_path / "b" / "curve.md").read_text()
+    assert "--resume" not in resumed_page  # the page names the command that reproduces it
+    settings = [[ln for ln in p.splitlines() if ln.startswith("Settings:")] for p in (page, resumed_page)]
+    assert settings[1] == [ln.replace("/a/", "/b/") for ln in settings[0]]
 
 
 def test_resume_state_survives_a_kill_while_saving(tmp_path, monkeypatch):
